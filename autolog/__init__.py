@@ -1,0 +1,64 @@
+"""autolog: one line, and every fit records its parameters and metrics into a run.
+
+    import autolog
+    autolog.autolog()
+    with autolog.start_run(run_name="baseline"):
+        model.fit(X, y)
+        autolog.log_metric("test_acc", 0.93)
+
+The core never imports a framework at import time; integrations are plugins found through
+the ``autolog.integrations`` entry-point group.
+"""
+
+from autolog.api import (
+    active_run,
+    autolog,
+    end_run,
+    flush,
+    get_metric_history,
+    get_run,
+    get_tracking_uri,
+    log_metric,
+    log_metrics,
+    log_param,
+    log_params,
+    search_runs,
+    set_experiment,
+    set_tag,
+    set_tags,
+    set_tracking_uri,
+    start_run,
+)
+from autolog.config import AutologWarning
+from autolog.ledger import ParamConflictError
+from autolog.run import Run
+from autolog.stores.base import Experiment, Metric, RunInfo, RunNotFoundError, RunRecord, StoreError
+
+__all__ = [
+    "AutologWarning",
+    "Experiment",
+    "Metric",
+    "ParamConflictError",
+    "Run",
+    "RunInfo",
+    "RunNotFoundError",
+    "RunRecord",
+    "StoreError",
+    "active_run",
+    "autolog",
+    "end_run",
+    "flush",
+    "get_metric_history",
+    "get_run",
+    "get_tracking_uri",
+    "log_metric",
+    "log_metrics",
+    "log_param",
+    "log_params",
+    "search_runs",
+    "set_experiment",
+    "set_tag",
+    "set_tags",
+    "set_tracking_uri",
+    "start_run",
+]

@@ -1,0 +1,147 @@
+"""The ``autolog`` command: look at runs and experiments in any store."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import sys
+
+import click
+
+from autolog.config import settings
+from autolog.stores import open_store
+from autolog.stores.base import RunRecord, Store, StoreError
+
+_TRACKING_URI = click.option(
+    "--tracking-uri",
+    envvar="AUTOLOG_TRACKING_URI",
+    default=None,
+    help="Store to read (default: $AUTOLOG_TRACKING_URI, $MLFLOW_TRACKING_URI, "
+    "then sqlite:///autolog.db).",
+)
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def _open(tracking_uri: str | None) -> Store:
+    uri = tracking_uri or settings.resolved_tracking_uri()
+    try:
+        return open_store(uri, create=False)
+    except (StoreError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _time(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _json_safe(value: object) -> object:
+    """JSON has no NaN or infinity: print them as the strings MLflow's UI shows."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    return value
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in [headers, *rows]]
+    return "\n".join(lines)
+
+
+@click.group()
+@click.version_option(package_name="autolog")
+def main() -> None:
+    """autolog: see what your fits recorded."""
+
+
+@main.group()
+def runs() -> None:
+    """List and show runs."""
+
+
+@runs.command("list")
+@click.option("--experiment", "-e", default=None, help="Experiment name (default: all).")
+@click.option("--max-results", default=100, show_default=True, type=click.IntRange(1))
+@_TRACKING_URI
+@_JSON
+def runs_list(experiment: str | None, max_results: int, tracking_uri: str | None, as_json: bool) -> None:
+    """Runs, newest first."""
+    store = _open(tracking_uri)
+    experiments = store.list_experiments()
+    if experiment is not None:
+        experiments = [exp for exp in experiments if exp.name == experiment]
+        if not experiments:
+            raise click.ClickException(f"no experiment named {experiment!r} in {store.uri}")
+    names = {exp.experiment_id: exp.name for exp in experiments}
+    records = store.search_runs(names, max_results=max_results)
+    if as_json:
+        click.echo(json.dumps([_json_safe(record.to_dict()) for record in records], indent=2))
+        return
+    if not records:
+        click.echo("no runs")
+        return
+    rows = [[r.info.run_id, r.info.run_name, names.get(r.info.experiment_id, "?"), r.info.status,
+             _time(r.info.start_time)] for r in records]
+    click.echo(_table(["RUN ID", "NAME", "EXPERIMENT", "STATUS", "STARTED"], rows))
+
+
+@runs.command("show")
+@click.argument("run_id")
+@_TRACKING_URI
+@_JSON
+def runs_show(run_id: str, tracking_uri: str | None, as_json: bool) -> None:
+    """Params, tags, latest metrics and status of one run."""
+    store = _open(tracking_uri)
+    try:
+        record = store.get_run(run_id)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(_json_safe(record.to_dict()), indent=2))
+        return
+    click.echo(_describe(record))
+
+
+def _describe(record: RunRecord) -> str:
+    info = record.info
+    lines = [
+        f"run        {info.run_id}",
+        f"name       {info.run_name}",
+        f"status     {info.status}",
+        f"experiment {info.experiment_id}",
+        f"started    {_time(info.start_time)}",
+        f"ended      {_time(info.end_time)}",
+    ]
+    for title, values in (("params", record.params), ("metrics", record.metrics),
+                          ("tags", record.tags)):
+        lines.append(f"\n{title} ({len(values)})")
+        lines.extend(f"  {key} = {values[key]}" for key in sorted(values))
+    return "\n".join(lines)
+
+
+@main.group()
+def experiments() -> None:
+    """List experiments."""
+
+
+@experiments.command("list")
+@_TRACKING_URI
+@_JSON
+def experiments_list(tracking_uri: str | None, as_json: bool) -> None:
+    """Every experiment in the store."""
+    store = _open(tracking_uri)
+    found = store.list_experiments()
+    if as_json:
+        click.echo(json.dumps([{"experiment_id": e.experiment_id, "name": e.name} for e in found],
+                              indent=2))
+        return
+    click.echo(_table(["ID", "NAME"], [[e.experiment_id, e.name] for e in found]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""Run: identity, status, the param ledger, and the queues the writer drains.
+
+``Run.log_metric`` is the hot path: a cached key check, a type check, a timestamp and a
+deque append. Values that are not plain ``int``/``float`` (numpy, torch) go to a second
+queue as they are and are converted by the writer thread, so a CUDA tensor never syncs
+on the training thread.
+
+Which run is active: each thread has a stack of the runs it started; a thread that has
+started none sees the stack of the thread that started the first run still open (so a
+run started in the main thread is the active run of DataLoader or worker threads too).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from autolog.ledger import ParamLedger
+from autolog.stores.base import FAILED, FINISHED, KILLED, RUN_STATUSES, RunInfo, Store
+from autolog.validation import (
+    check_metric_key,
+    check_step,
+    check_tag_key,
+    check_tag_value,
+    check_timestamp_ms,
+    metric_value_kind,
+)
+from autolog.writer import get_writer
+
+HIGH_WATER_POINTS = 250_000  # a queue this long is drained by the caller (bounded memory)
+
+_checked_metric_keys: set[str] = set()
+_time = time.time
+_INTERNAL_PACKAGES = ("autolog", "autolog_integrations", "wrapt")
+
+
+class _EndedQueue:
+    """Stands in for an ended run's queues so a late ``log_metric`` fails loudly without
+    an extra check on the hot path."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def append(self, _item: object) -> None:
+        raise RuntimeError(
+            f"run {self.run_id} has ended; start a new run, or resume this one with "
+            f"autolog.start_run(run_id={self.run_id!r})"
+        )
+
+    def __len__(self) -> int:
+        return 0
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def user_call_site(skip: tuple[str, ...] = ()) -> str:
+    """``file:line`` of the innermost frame outside autolog (and outside ``skip`` packages)."""
+    frame = sys._getframe(1)
+    internal = _INTERNAL_PACKAGES + skip
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.partition(".")[0] not in internal:
+            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "<unknown>"
+
+
+class Run:
+    """An open run in this process. Use it as a context manager or end it with ``end()``."""
+
+    def __init__(self, store: Store, info: RunInfo, on_conflict: str, parent_id: str | None = None):
+        self.store = store
+        self.info = info
+        self.parent_id = parent_id
+        self.ledger = ParamLedger(on_conflict)
+        self.metric_queue: deque = deque()
+        self.lazy_metric_queue: deque = deque()
+        self.pending_params: deque[dict[str, str]] = deque()
+        self.pending_tags: deque[dict[str, str]] = deque()
+        self.final_status: str | None = None
+        self.end_time: int | None = None
+        self.owner_pid = os.getpid()
+        self._writer = get_writer()
+        self._writer.register(self)
+
+    @property
+    def id(self) -> str:
+        return self.info.run_id
+
+    @property
+    def name(self) -> str:
+        return self.info.run_name
+
+    @property
+    def experiment_id(self) -> str:
+        return self.info.experiment_id
+
+    @property
+    def status(self) -> str:
+        return self.final_status or self.info.status
+
+    def __repr__(self) -> str:
+        return f"<autolog.Run id={self.id} name={self.name!r} status={self.status}>"
+
+    # -- the hot path ---------------------------------------------------------------------
+
+    def log_metric(
+        self, key: str, value: Any, step: int | None = None, timestamp: int | None = None
+    ) -> None:
+        try:
+            known = key in _checked_metric_keys
+        except TypeError:  # unhashable
+            known = False
+        if not known:
+            _checked_metric_keys.add(check_metric_key(key))
+        kind = type(value)
+        if kind is float or kind is int or metric_value_kind(value) == "native":
+            queue = self.metric_queue
+        else:
+            queue = self.lazy_metric_queue
+        if step is None:
+            step = 0
+        elif type(step) is not int:
+            step = check_step(step)
+        queue.append((key, value, int(_time() * 1000) if timestamp is None
+                      else check_timestamp_ms(timestamp), step))
+        if len(queue) > HIGH_WATER_POINTS:
+            self._writer.drain(self)
+
+    def log_metrics(
+        self, metrics: dict[str, Any], step: int | None = None, timestamp: int | None = None
+    ) -> None:
+        """All values are checked before any is queued."""
+        if not isinstance(metrics, dict):
+            raise TypeError(f"log_metrics takes a dict of key -> number, got {type(metrics).__name__}")
+        for key, value in metrics.items():
+            check_metric_key(key)
+            metric_value_kind(value)
+        if step is not None:
+            step = check_step(step)
+        if timestamp is None:
+            timestamp = int(_time() * 1000)
+        for key, value in metrics.items():
+            self.log_metric(key, value, step, timestamp)
+
+    # -- params and tags ------------------------------------------------------------------
+
+    def log_params(self, params: dict[str, Any], call_site: str | None = None) -> None:
+        """Manual params: a conflict raises :class:`~autolog.ParamConflictError` here."""
+        to_send = self.ledger.record_manual(params, call_site or user_call_site())
+        if to_send:
+            self.pending_params.append(to_send)
+
+    def log_autolog_params(self, params: dict[str, Any], integration: str,
+                           call_site: str | None = None) -> dict[str, str]:
+        """Autologged params, resolved by the run's ``on_conflict``; returns what was kept."""
+        to_send = self.ledger.record_autolog(params, integration, call_site or user_call_site())
+        if to_send:
+            self.pending_params.append(to_send)
+        return to_send
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        checked = {check_tag_key(key): check_tag_value(key, value) for key, value in tags.items()}
+        if checked:
+            self.pending_tags.append(checked)
+
+    @property
+    def params(self) -> dict[str, str]:
+        """The params this process knows for the run (logged here or seeded on resume)."""
+        return {key: entry.stored for key, entry in self.ledger.items()}
+
+    def param_sources(self) -> dict[str, str]:
+        """key -> ``manual``, ``autolog:<integration>`` or ``store``."""
+        return {key: entry.source for key, entry in self.ledger.items()}
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def end(self, status: str = FINISHED) -> None:
+        """End the run: write everything pending, then the status (idempotent)."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+        if self.final_status is not None:
+            return
+        _context.remove(self)
+        self.end_time = int(_time() * 1000)
+        self.final_status = status
+        self._writer.drain(self)
+        self.metric_queue = self.lazy_metric_queue = _EndedQueue(self.id)  # type: ignore[assignment]
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.end(FINISHED)
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.end(KILLED)
+        else:
+            self.end(FAILED)
+
+    # -- writer support -------------------------------------------------------------------
+
+    def has_pending(self) -> bool:
+        return bool(self.metric_queue or self.lazy_metric_queue or self.pending_params
+                    or self.pending_tags or self.final_status is not None)
+
+    def pending_count(self) -> int:
+        return len(self.metric_queue) + len(self.lazy_metric_queue)
+
+    def discard_pending(self) -> None:
+        for queue in (self.metric_queue, self.lazy_metric_queue, self.pending_params,
+                      self.pending_tags):
+            if isinstance(queue, deque):
+                queue.clear()
+
+    def after_fork_in_child(self) -> None:
+        """The parent writes what was pending; the child starts empty with fresh locks."""
+        self.discard_pending()
+        self.ledger.reset_lock_after_fork()
+
+
+class _RunContext:
+    """Per-thread stacks of open runs; the stack of the oldest opener is shared (module doc)."""
+
+    def __init__(self) -> None:
+        self._stacks: dict[int, list[Run]] = {}
+        self._shared: list[Run] = []
+        self._lock = threading.Lock()
+
+    def active(self) -> Run | None:
+        stack = self._stacks.get(threading.get_ident())
+        if stack:
+            return stack[-1]
+        shared = self._shared
+        return shared[-1] if shared else None
+
+    def own_stack(self) -> list[Run]:
+        return self._stacks.get(threading.get_ident(), [])
+
+    def push(self, run: Run) -> None:
+        with self._lock:
+            stack = self._stacks.setdefault(threading.get_ident(), [])
+            stack.append(run)
+            if not self._shared:
+                self._shared = stack
+
+    def remove(self, run: Run) -> None:
+        with self._lock:
+            for ident, stack in list(self._stacks.items()):
+                if run in stack:
+                    stack.remove(run)
+                if not stack:
+                    del self._stacks[ident]
+            if not self._shared:
+                self._shared = next((s for s in self._stacks.values() if s), [])
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
+
+_context = _RunContext()
+os.register_at_fork(after_in_child=_context.after_fork_in_child)
+
+
+def active_run() -> Run | None:
+    """The run that logging calls from this thread go to (see the module doc)."""
+    return _context.active()
+
+
+def own_run() -> Run | None:
+    """The innermost run this thread itself started, if any."""
+    stack = _context.own_stack()
+    return stack[-1] if stack else None
+
+
+def push(run: Run) -> None:
+    if not _uncaught_hook_installed:
+        _install_excepthook()
+    _context.push(run)
+
+
+_uncaught: list[BaseException] = []
+_uncaught_hook_installed = False
+
+
+def _note_uncaught(exc_type, exc, tb):
+    _uncaught.append(exc)
+    _previous_excepthook(exc_type, exc, tb)
+
+
+_previous_excepthook = sys.excepthook
+
+
+def _install_excepthook() -> None:
+    """Chain ``sys.excepthook`` so runs open at a crash end FAILED, not FINISHED."""
+    global _uncaught_hook_installed, _previous_excepthook
+    _previous_excepthook = sys.excepthook
+    sys.excepthook = _note_uncaught
+    _uncaught_hook_installed = True
+
+
+def end_runs_at_exit() -> None:
+    """Runs still open when the interpreter exits end FINISHED, or FAILED after an uncaught
+    exception; a forked child never ends the runs it inherited."""
+    status = FAILED if _uncaught else FINISHED
+    for run in get_writer().pending_runs():
+        if run.final_status is None and run.owner_pid == os.getpid():
+            _context.remove(run)
+            run.end_time = int(_time() * 1000)
+            run.final_status = status
+

@@ -1,0 +1,48 @@
+"""Where runs live. :func:`open_store` maps a tracking URI to its backend."""
+
+from __future__ import annotations
+
+import threading
+
+from autolog.stores.base import Store, StoreError
+
+_open: dict[tuple[str, bool], Store] = {}
+_lock = threading.Lock()
+
+
+def open_store(uri: str, create: bool = True) -> Store:
+    """The store for ``uri``, shared by every caller in this process.
+
+    ``sqlite:///path`` is the embedded store; ``http://`` and ``https://`` an MLflow
+    tracking server. With ``create=False`` a missing embedded store is an error instead of
+    a new file (for reading commands).
+    """
+    with _lock:
+        store = _open.get((uri, create)) or _open.get((uri, True))
+        if store is None:
+            store = _make(uri, create)
+            _open[(uri, create)] = store
+        return store
+
+
+def _make(uri: str, create: bool) -> Store:
+    if uri.startswith("sqlite:///"):
+        from autolog.stores.sqlite import SQLiteStore
+
+        return SQLiteStore(uri, create=create)
+    if uri.startswith(("http://", "https://")):
+        from autolog.stores.mlflow_rest import open_remote_store
+
+        return open_remote_store(uri)
+    raise StoreError(
+        f"unsupported tracking URI {uri!r}: use sqlite:///path/to/file.db for the embedded "
+        "store or http(s)://host:port for an MLflow tracking server"
+    )
+
+
+def close_all() -> None:
+    """Close every open store (tests and interpreter exit)."""
+    with _lock:
+        for store in {id(store): store for store in _open.values()}.values():
+            store.close()
+        _open.clear()

@@ -1,0 +1,132 @@
+"""The Store protocol every backend implements, and the records it exchanges.
+
+A store knows runs, params, tags and metric points; it knows nothing about frameworks.
+Timestamps are integer milliseconds since the epoch and steps are integers, as in MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol, Sequence
+
+RUNNING, FINISHED, FAILED, KILLED, SCHEDULED = "RUNNING", "FINISHED", "FAILED", "KILLED", "SCHEDULED"
+RUN_STATUSES = (RUNNING, FINISHED, FAILED, KILLED, SCHEDULED)
+TERMINAL_STATUSES = (FINISHED, FAILED, KILLED)
+
+
+class StoreError(RuntimeError):
+    """A store refused or could not carry out a request."""
+
+
+class RunNotFoundError(StoreError, LookupError):
+    """No run with that id exists in the store."""
+
+
+class ParamRefusedError(StoreError):
+    """The store refused a param because the run holds another value for it (logged by
+    another process): retrying cannot help."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    experiment_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    value: float
+    timestamp: int
+    step: int
+
+    def __eq__(self, other: object) -> bool:  # NaN points compare equal to themselves
+        if not isinstance(other, Metric):
+            return NotImplemented
+        same_value = self.value == other.value or (math.isnan(self.value) and math.isnan(other.value))
+        return same_value and (self.key, self.timestamp, self.step) == (
+            other.key, other.timestamp, other.step)
+
+    def __hash__(self) -> int:
+        return hash((self.key, self.timestamp, self.step))
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    experiment_id: str
+    run_name: str
+    status: str
+    start_time: int
+    end_time: int | None = None
+
+
+@dataclass
+class RunRecord:
+    """A run as read back: identity and status, params, tags and the latest metric values."""
+
+    info: RunInfo
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return self.info.run_id
+
+    @property
+    def status(self) -> str:
+        return self.info.status
+
+    def to_dict(self) -> dict:
+        return {
+            "run_id": self.info.run_id,
+            "experiment_id": self.info.experiment_id,
+            "run_name": self.info.run_name,
+            "status": self.info.status,
+            "start_time": self.info.start_time,
+            "end_time": self.info.end_time,
+            "params": dict(sorted(self.params.items())),
+            "tags": dict(sorted(self.tags.items())),
+            "metrics": dict(sorted(self.metrics.items())),
+        }
+
+
+MetricRow = tuple[str, float, int, int]  # key, value, timestamp ms, step
+
+
+class Store(Protocol):
+    """What the writer and the API need from a backend."""
+
+    uri: str
+
+    def get_or_create_experiment(self, name: str) -> Experiment: ...
+
+    def get_experiment_by_name(self, name: str) -> Experiment | None: ...
+
+    def list_experiments(self) -> list[Experiment]: ...
+
+    def create_run(
+        self, experiment_id: str, run_name: str, start_time: int, tags: dict[str, str]
+    ) -> RunInfo: ...
+
+    def update_run(self, run_id: str, status: str, end_time: int | None) -> None: ...
+
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: Sequence[MetricRow] = (),
+        params: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None: ...
+
+    def get_run(self, run_id: str) -> RunRecord: ...
+
+    def get_metric_history(self, run_id: str, key: str) -> list[Metric]: ...
+
+    def search_runs(
+        self, experiment_ids: Iterable[str], max_results: int = 1000
+    ) -> list[RunRecord]: ...
+
+    def close(self) -> None: ...

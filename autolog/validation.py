@@ -1,0 +1,153 @@
+"""Key and value rules of the MLflow tracking server, checked at the call site.
+
+The limits are MLflow's own (``mlflow/utils/validation.py``), so a batch built from values
+that passed here is never refused by a server. Every failure is a ``ValueError`` raised in
+the caller's frame, before anything is queued.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import posixpath
+import re
+
+MAX_KEY_LENGTH = 250
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_TAG_VALUE_LENGTH = 8000
+MAX_EXPERIMENT_NAME_LENGTH = 500
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_ENTITIES_PER_BATCH = 1000
+MAX_BATCH_REQUEST_BYTES = 1_000_000
+
+_KEY_CHARACTERS = re.compile(r"^[/\w.\- :]*$")
+_INT64_MAX = 2**63 - 1
+
+
+def _check_key(kind: str, key: object) -> str:
+    if not isinstance(key, str):
+        raise ValueError(f"{kind} key must be a string, got {type(key).__name__}: {key!r}")
+    if not key:
+        raise ValueError(f"{kind} key must not be empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ValueError(
+            f"{kind} key {key[:60]!r}... is {len(key)} characters; the limit is {MAX_KEY_LENGTH}"
+        )
+    if not _KEY_CHARACTERS.match(key):
+        raise ValueError(
+            f"invalid {kind.lower()} key {key!r}: names may only contain alphanumerics, "
+            "underscores (_), dashes (-), periods (.), spaces ( ), colons (:) and slashes (/)"
+        )
+    normalized = posixpath.normpath(key)
+    if normalized != key or normalized == "." or normalized.startswith(("..", "/")):
+        raise ValueError(
+            f"invalid {kind.lower()} key {key!r}: it would resolve to the path {normalized!r}; "
+            "names must not contain '//', '/./', '..' or start or end with '/'"
+        )
+    return key
+
+
+def check_metric_key(key: object) -> str:
+    return _check_key("Metric", key)
+
+
+def check_param_key(key: object) -> str:
+    return _check_key("Param", key)
+
+
+def check_tag_key(key: object) -> str:
+    return _check_key("Tag", key)
+
+
+def check_param_value(key: str, stored: str) -> str:
+    if len(stored) > MAX_PARAM_VALUE_LENGTH:
+        raise ValueError(
+            f"param {key!r}: value is {len(stored)} characters; the limit is "
+            f"{MAX_PARAM_VALUE_LENGTH}"
+        )
+    return stored
+
+
+def check_tag_value(key: str, value: object) -> str:
+    stored = str(value)
+    if len(stored) > MAX_TAG_VALUE_LENGTH:
+        raise ValueError(
+            f"tag {key!r}: value is {len(stored)} characters; the limit is {MAX_TAG_VALUE_LENGTH}"
+        )
+    return stored
+
+
+def check_experiment_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"experiment name must be a non-empty string, got {name!r}")
+    if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
+        raise ValueError(
+            f"experiment name is {len(name)} characters; the limit is {MAX_EXPERIMENT_NAME_LENGTH}"
+        )
+    return name
+
+
+def check_step(step: object) -> int:
+    """A step is a 64-bit integer; integral floats and numpy/torch integers are accepted."""
+    if isinstance(step, bool) or step is None:
+        raise ValueError(f"metric step must be an integer, got {step!r}")
+    try:
+        as_int = int(step)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ValueError(f"metric step must be an integer, got {step!r}") from None
+    if as_int != step or not -_INT64_MAX - 1 <= as_int <= _INT64_MAX:
+        raise ValueError(f"metric step must be a 64-bit integer, got {step!r}")
+    return as_int
+
+
+def check_timestamp_ms(timestamp: object) -> int:
+    """Timestamps are milliseconds since the epoch, as in MLflow."""
+    if isinstance(timestamp, bool) or not isinstance(timestamp, numbers.Real):
+        raise ValueError(f"metric timestamp must be milliseconds since the epoch, got {timestamp!r}")
+    if not math.isfinite(timestamp) or timestamp < 0 or timestamp > _INT64_MAX:
+        raise ValueError(f"metric timestamp must be a non-negative 64-bit integer, got {timestamp!r}")
+    return int(timestamp)
+
+
+def metric_value_kind(value: object) -> str:
+    """Classify a metric value without converting it (conversion is the writer's job).
+
+    Returns ``"native"`` for Python int/float, ``"lazy"`` for a numpy or torch scalar that the
+    writer converts later, and raises ``ValueError`` for anything that is not one number.
+    Checking a torch tensor's ``numel()``/``dtype`` reads metadata only: no device sync.
+    """
+    if isinstance(value, bool):
+        return "lazy"
+    if isinstance(value, (int, float)):
+        return "native"
+    if isinstance(value, (str, bytes)) or value is None:
+        raise ValueError(f"metric value must be a number, got {type(value).__name__}: {value!r}")
+    numel = getattr(value, "numel", None)
+    if callable(numel) and hasattr(value, "detach"):  # a torch tensor, checked by duck type
+        if numel() != 1:
+            raise ValueError(
+                f"metric value must be a scalar tensor, got a tensor of shape {tuple(value.shape)}"
+            )
+        if value.dtype.is_complex:
+            raise ValueError("metric value must be a real number, got a complex tensor")
+        return "lazy"
+    size = getattr(value, "size", None)
+    if hasattr(value, "dtype") and size is not None:  # numpy scalar or array
+        if size != 1:
+            raise ValueError(f"metric value must be a scalar, got an array of shape {value.shape}")
+        if value.dtype.kind not in "biuf":
+            raise ValueError(f"metric value must be a real number, got dtype {value.dtype}")
+        return "lazy"
+    if isinstance(value, numbers.Real):  # Decimal, Fraction, ...
+        return "lazy"
+    raise ValueError(f"metric value must be a number, got {type(value).__name__}: {value!r}")
+
+
+def to_float(value: object) -> float:
+    """Convert a value accepted by :func:`metric_value_kind` (writer thread only)."""
+    if hasattr(value, "detach"):
+        return float(value.detach().reshape(-1)[0].item())
+    if hasattr(value, "dtype") and getattr(value, "ndim", 0):
+        return float(value.reshape(-1)[0])
+    return float(value)
