@@ -1,0 +1,51 @@
+"""Shared by the benchmarks: machine description and RESULTS.md sections.
+
+Each benchmark owns one section of ``benchmarks/RESULTS.md`` between markers, so running
+one benchmark rewrites its own table and leaves the others as they were.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    try:
+        import psutil  # optional
+
+        memory = f"{psutil.virtual_memory().total / 2**30:.0f} GiB"
+    except ImportError:
+        pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+        memory = f"{pages * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB" if pages else "?"
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs, {memory} RAM, "
+            f"Python {platform.python_version()}, {platform.system()}")
+
+
+def median_time(function, rounds: int) -> float:
+    """Median wall time of ``function()`` over ``rounds`` calls, in seconds."""
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def write_section(name: str, markdown: str) -> None:
+    """Replace this benchmark's section of RESULTS.md (or append it)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    body = f"{begin}\n{markdown.strip()}\n{end}"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + body + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + body + "\n"
+    RESULTS.write_text(text)
+    print(f"wrote section {name!r} of {RESULTS}")
