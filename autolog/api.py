@@ -52,7 +52,6 @@ def autolog(
         settings.experiment = experiment
     if silent is not None:
         settings.silent = bool(silent)
-        integration.apply_silence(settings.silent)
     integration.configure(integrations, disable=disable)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 DEFAULT_TRACKING_URI = "sqlite:///autolog.db"
@@ -70,3 +71,9 @@ def strict() -> bool:
 
 
 settings = Settings()
+
+
+def warn(message: str, stacklevel: int = 2) -> None:
+    """An autolog warning that ``silent=True`` hides (failed writes are never hidden)."""
+    if not settings.silent:
+        warnings.warn(message, AutologWarning, stacklevel=stacklevel + 1)

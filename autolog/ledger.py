@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
-from autolog.config import AutologWarning, check_on_conflict
+from autolog.config import check_on_conflict, warn
 from autolog.validation import MAX_PARAM_VALUE_LENGTH, check_param_key, check_param_value
 
 MANUAL = "manual"
@@ -186,8 +185,8 @@ class ParamLedger:
                 try:
                     key, stored, canon = self._prepare(key, value, truncate=True)
                 except ValueError as exc:
-                    warnings.warn(
-                        f"autolog ({integration}): skipped param: {exc}", AutologWarning, stacklevel=2
+                    warn(
+                        f"autolog ({integration}): skipped param: {exc}", stacklevel=2
                     )
                     continue
                 admitted_key = self._admit_autolog(key, stored, canon, integration, source)
@@ -207,29 +206,23 @@ class ParamLedger:
         if self.on_conflict == "raise":
             raise ParamConflictError(key, existing, stored, source)
         if self.on_conflict == "skip":
-            warnings.warn(
+            warn(
                 f"autolog: param {key!r}={stored!r} from {source} skipped: the run already has "
-                f"{existing.stored!r} from {existing.source}",
-                AutologWarning,
-                stacklevel=4,
+                f"{existing.stored!r} from {existing.source}", stacklevel=4,
             )
             return None
         namespaced = f"{integration}.{key}"
         other = self._entries.get(namespaced)
         if other is not None:
             if not equivalent(other.canonical, canon):
-                warnings.warn(
+                warn(
                     f"autolog: param {key!r}={stored!r} from {source} skipped: both {key!r} "
-                    f"and {namespaced!r} already hold other values",
-                    AutologWarning,
-                    stacklevel=4,
+                    f"and {namespaced!r} already hold other values", stacklevel=4,
                 )
             return None
-        warnings.warn(
+        warn(
             f"autolog: param {key!r} is {existing.stored!r} (from {existing.source}); the "
-            f"value {stored!r} from {source} is logged as {namespaced!r}",
-            AutologWarning,
-            stacklevel=4,
+            f"value {stored!r} from {source} is logged as {namespaced!r}", stacklevel=4,
         )
         return namespaced
 
@@ -238,11 +231,9 @@ class ParamLedger:
         check_param_key(key)
         stored = stored_form(value)
         if truncate and len(stored) > MAX_PARAM_VALUE_LENGTH:
-            warnings.warn(
+            warn(
                 f"autolog: param {key!r} value ({len(stored)} characters) truncated to "
-                f"{MAX_PARAM_VALUE_LENGTH}",
-                AutologWarning,
-                stacklevel=4,
+                f"{MAX_PARAM_VALUE_LENGTH}", stacklevel=4,
             )
             stored = stored[:MAX_PARAM_VALUE_LENGTH]
             return key, stored, canonical(stored)

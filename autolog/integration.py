@@ -1,0 +1,219 @@
+"""The Integration base class and the registry of plugins.
+
+Plugins are found only through the entry-point group ``autolog.integrations`` (the
+built-in ones in ``integrations/`` register there too), so a third-party package adds its
+own the same way::
+
+    [project.entry-points."autolog.integrations"]
+    catboost = "my_package.autolog_catboost:CatBoostIntegration"
+
+An integration names the framework modules it patches; it is enabled by a wrapt
+post-import hook, so ``autolog()`` works whether the framework was imported before or
+after it. An unsupported framework version is skipped with one warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import sys
+import threading
+from types import ModuleType
+from typing import Any, ClassVar, Iterator
+
+import wrapt
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from autolog.config import warn
+from autolog.patching import Patcher, guard
+from autolog.run import Run, active_run
+from autolog.stores.base import FAILED, FINISHED, KILLED
+
+ENTRY_POINT_GROUP = "autolog.integrations"
+INTEGRATION_TAG = "autolog.integration"
+
+
+class Integration:
+    """Base class of a plugin. Subclasses set the class attributes and implement
+    :meth:`patch`, registering every patch through ``self.patcher`` so that
+    ``autolog(disable=True)`` restores the exact originals."""
+
+    name: ClassVar[str]  # the keyword flag of autolog(), e.g. "sklearn"
+    modules: ClassVar[tuple[str, ...]]  # modules whose import enables the patches
+    supported: ClassVar[str] = ""  # PEP 440 specifier for the framework's version
+    default_options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self) -> None:
+        self.patcher = Patcher()
+        self.options: dict[str, Any] = dict(self.default_options)
+        self.enabled = False  # the user wants it on
+        self.patched_modules: set[str] = set()
+
+    # -- what a plugin implements -----------------------------------------------------------
+
+    def patch(self, module: ModuleType) -> None:
+        """Install the patches for ``module`` (one of :attr:`modules`), via ``self.patcher``."""
+        raise NotImplementedError
+
+    def unpatch(self) -> None:
+        """Undo anything beyond ``self.patcher`` (e.g. a registered callback). Optional."""
+
+    # -- helpers for plugins ----------------------------------------------------------------
+
+    def guard(self) -> contextlib.AbstractContextManager[None]:
+        return guard(self.name)
+
+    @contextlib.contextmanager
+    def fit_run(self) -> Iterator[Run | None]:
+        """The run a fit logs into: the active run (left open), or a new one tagged
+        ``autolog.integration=<name>`` that ends FINISHED, FAILED if the fit raised, or
+        KILLED on Ctrl-C. Yields None if autolog could not start a run (one warning)."""
+        run = active_run()
+        if run is not None:
+            yield run
+            return
+        from autolog.api import start_run  # api imports this module lazily too
+
+        created = None
+        with self.guard():
+            created = start_run(tags={INTEGRATION_TAG: self.name})
+        try:
+            yield created
+        except KeyboardInterrupt:
+            self._end(created, KILLED)
+            raise
+        except BaseException:
+            self._end(created, FAILED)
+            raise
+        self._end(created, FINISHED)
+
+    def _end(self, run: Run | None, status: str) -> None:
+        if run is not None:
+            with self.guard():
+                run.end(status)
+
+    # -- lifecycle (the registry calls these) -------------------------------------------------
+
+    def version_supported(self, module: ModuleType) -> bool:
+        top = sys.modules.get(module.__name__.partition(".")[0], module)
+        raw = getattr(module, "__version__", None) or getattr(top, "__version__", None)
+        if not self.supported or raw is None:
+            return True
+        try:
+            version = Version(str(raw))
+        except InvalidVersion:
+            return True
+        return SpecifierSet(self.supported).contains(version, prereleases=True)
+
+    def on_import(self, module: ModuleType) -> None:
+        if not self.enabled or module.__name__ in self.patched_modules:
+            return
+        if not self.version_supported(module):
+            warn(
+                f"autolog: {module.__name__} {getattr(module, '__version__', '?')} is not "
+                f"supported by the {self.name} integration ({self.supported}); not autologging it",
+                stacklevel=2,
+            )
+            self.patched_modules.add(module.__name__)  # warn once
+            return
+        with self.guard():
+            self.patch(module)
+            self.patched_modules.add(module.__name__)
+
+    def disable(self) -> None:
+        self.enabled = False
+        self.patcher.restore()
+        self.unpatch()
+        self.patched_modules.clear()
+
+
+class Registry:
+    """Every installed integration, by name."""
+
+    def __init__(self) -> None:
+        self._integrations: dict[str, Integration] | None = None
+        self._hooked: set[tuple[str, str]] = set()
+        self._lock = threading.RLock()
+
+    def integrations(self) -> dict[str, Integration]:
+        if self._integrations is None:
+            found: dict[str, Integration] = {}
+            for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+                with guard(f"plugin {entry.name}"):
+                    cls = entry.load()
+                    if entry.name not in found:
+                        found[entry.name] = cls()
+            self._integrations = found
+        return self._integrations
+
+    def configure(self, flags: dict[str, bool | dict | None], disable: bool = False) -> None:
+        with self._lock:
+            integrations = self.integrations()
+            unknown = sorted(set(flags) - set(integrations))
+            if unknown:
+                raise TypeError(
+                    f"autolog() got unknown integration(s) {', '.join(unknown)}; installed: "
+                    f"{', '.join(sorted(integrations)) or 'none'}"
+                )
+            wanted = {name: self._options(integrations[name], flag) for name, flag in flags.items()}
+            for name in _env_disabled(integrations):
+                wanted[name] = None
+            for name, integration in integrations.items():
+                options = wanted.get(name, {})
+                if disable or options is None:
+                    if integration.enabled or integration.patched_modules:
+                        integration.disable()
+                    continue
+                integration.options.update(options)
+                integration.enabled = True
+                for module in integration.modules:
+                    if (name, module) not in self._hooked:
+                        self._hooked.add((name, module))
+                        wrapt.register_post_import_hook(self._hook(integration), module)
+                    elif module in sys.modules:
+                        integration.on_import(sys.modules[module])
+
+    @staticmethod
+    def _hook(integration: Integration):
+        return lambda module: integration.on_import(module)
+
+    @staticmethod
+    def _options(integration: Integration, flag: bool | dict | None) -> dict | None:
+        if flag is False:
+            return None
+        if flag is True or flag is None:
+            return {}
+        if not isinstance(flag, dict):
+            raise TypeError(
+                f"autolog({integration.name}=...) takes True, False or a dict of options, "
+                f"got {flag!r}"
+            )
+        unknown = sorted(set(flag) - set(integration.default_options))
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {', '.join(unknown)} for the {integration.name} integration; "
+                f"it takes: {', '.join(sorted(integration.default_options)) or 'none'}"
+            )
+        return dict(flag)
+
+
+def _env_disabled(integrations: dict[str, Integration]) -> list[str]:
+    """Names in ``AUTOLOG_DISABLE`` (comma separated); an unknown name is one warning."""
+    names = [n.strip() for n in os.environ.get("AUTOLOG_DISABLE", "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in integrations]
+    if unknown:
+        warn(f"AUTOLOG_DISABLE names unknown integration(s): {', '.join(unknown)}", stacklevel=4)
+    return [n for n in names if n in integrations]
+
+
+registry = Registry()
+
+
+def configure(flags: dict[str, bool | dict | None], disable: bool = False) -> None:
+    registry.configure(flags, disable=disable)
+
+
+def get(name: str) -> Integration | None:
+    return registry.integrations().get(name)

@@ -1,0 +1,105 @@
+"""wrapt-based patching, the safety guard, and the re-entrancy owner of a fit.
+
+* :class:`Patcher` records every attribute it wraps, as it was in the owner's own
+  ``__dict__``, so ``restore()`` puts back the exact original object (or removes the
+  attribute again where the owner only inherited it).
+* :func:`guard` wraps autolog's own work inside a patched call: an exception there is one
+  warning and the user's call goes on; ``AUTOLOG_STRICT=1`` re-raises it. Exceptions of the
+  framework never pass through a guard, so they reach the user unchanged.
+* :func:`outermost` tells whether a patched call is the outermost autologged call in this
+  thread: a fit inside a fit (Pipeline, GridSearchCV, XGBClassifier → xgboost.train) is
+  logged once, by the outermost integration that owns it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Callable, Iterator
+
+import wrapt
+
+from autolog.config import strict, warn
+from autolog.ledger import ParamConflictError
+
+_MISSING = object()
+
+
+class Patcher:
+    """The patches of one integration, restorable in one call."""
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def wrap(self, owner: Any, name: str, wrapper: Callable) -> None:
+        """Wrap ``owner.name`` with a wrapt ``wrapper(wrapped, instance, args, kwargs)``;
+        wrapping the same attribute twice is a no-op."""
+        if self.is_patched(owner, name):
+            return
+        original = vars(owner).get(name, _MISSING)
+        wrapt.wrap_function_wrapper(owner, name, wrapper)
+        self._saved.append((owner, name, original))
+
+    def is_patched(self, owner: Any, name: str) -> bool:
+        return any(o is owner and n == name for o, n, _ in self._saved)
+
+    def restore(self) -> None:
+        for owner, name, original in reversed(self._saved):
+            if original is _MISSING:
+                with contextlib.suppress(AttributeError):
+                    delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+        self._saved.clear()
+
+    def __len__(self) -> int:
+        return len(self._saved)
+
+
+_warned: set[tuple[str, str, str]] = set()
+
+
+@contextlib.contextmanager
+def guard(integration: str) -> Iterator[None]:
+    """Run autolog's own code; turn its failure into one warning (strict mode: raise).
+
+    ``ParamConflictError`` passes through: it only leaves the ledger when the user chose
+    ``on_conflict="raise"``.
+    """
+    try:
+        yield
+    except ParamConflictError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the point of the guard
+        if strict():
+            raise
+        key = (integration, type(exc).__name__, str(exc))
+        if key not in _warned:
+            _warned.add(key)
+            warn(
+                f"autolog ({integration}) hit an internal error and skipped some logging; your "
+                f"call was not affected: {type(exc).__name__}: {exc}",
+                stacklevel=3,
+            )
+
+
+_owner = threading.local()
+
+
+def current_owner() -> str | None:
+    """The integration whose patched call this thread is inside, if any."""
+    return getattr(_owner, "name", None)
+
+
+@contextlib.contextmanager
+def outermost(integration: str) -> Iterator[bool]:
+    """Yield True when this is the outermost autologged call in the thread (and own it
+    until the block ends), False when another autologged call is already running."""
+    if current_owner() is not None:
+        yield False
+        return
+    _owner.name = integration
+    try:
+        yield True
+    finally:
+        _owner.name = None

@@ -1,0 +1,39 @@
+"""Shared fixtures: every test gets its own embedded store, strict mode, clean state."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("AUTOLOG_STRICT", "1")  # autolog's own errors fail tests
+
+import autolog  # noqa: E402
+from autolog import run as run_module  # noqa: E402
+from autolog.config import settings  # noqa: E402
+from autolog.stores import close_all  # noqa: E402
+from autolog.writer import get_writer  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def isolated_autolog(tmp_path, monkeypatch):
+    """A fresh store in a temp dir as the default tracking URI; autolog off afterwards."""
+    for name in ("AUTOLOG_TRACKING_URI", "MLFLOW_TRACKING_URI", "AUTOLOG_EXPERIMENT",
+                 "MLFLOW_EXPERIMENT_NAME", "AUTOLOG_DISABLE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'autolog.db'}"
+    monkeypatch.setenv("AUTOLOG_TRACKING_URI", uri)
+    settings.tracking_uri = settings.experiment = None
+    settings.on_conflict, settings.silent = "namespace", False
+    yield uri
+    while (run := run_module.active_run()) is not None:
+        run.end()
+    autolog.autolog(disable=True)
+    assert get_writer().flush(), "a write failed during the test"
+    close_all()
+
+
+@pytest.fixture
+def store_uri(isolated_autolog):
+    return isolated_autolog
