@@ -134,7 +134,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._integrations: dict[str, Integration] | None = None
-        self._hooked: set[tuple[str, str]] = set()
+        self._pending_hooks: set[tuple[str, str]] = set()  # registered, module not yet imported
         self._lock = threading.RLock()
 
     def integrations(self) -> dict[str, Integration]:
@@ -169,15 +169,18 @@ class Registry:
                 integration.options.update(options)
                 integration.enabled = True
                 for module in integration.modules:
-                    if (name, module) not in self._hooked:
-                        self._hooked.add((name, module))
-                        wrapt.register_post_import_hook(self._hook(integration), module)
-                    elif module in sys.modules:
+                    if module in sys.modules:
                         integration.on_import(sys.modules[module])
+                    elif (name, module) not in self._pending_hooks:
+                        self._pending_hooks.add((name, module))
+                        wrapt.register_post_import_hook(self._hook(integration), module)
 
-    @staticmethod
-    def _hook(integration: Integration):
-        return lambda module: integration.on_import(module)
+    def _hook(self, integration: Integration):
+        def on_import(module: ModuleType) -> None:
+            self._pending_hooks.discard((integration.name, module.__name__))
+            integration.on_import(module)
+
+        return on_import
 
     @staticmethod
     def _options(integration: Integration, flag: bool | dict | None) -> dict | None:

@@ -153,24 +153,16 @@ class ParamLedger:
         """
         prepared = [self._prepare(key, value) for key, value in params.items()]
         with self._lock:
-            to_send: dict[str, str] = {}
+            new = []
             for key, stored, canon in prepared:
-                pending = to_send.get(key)
                 existing = self._entries.get(key)
-                if existing is not None:
-                    if not equivalent(existing.canonical, canon):
-                        raise ParamConflictError(key, existing, stored, MANUAL)
-                elif pending is not None:
-                    if not equivalent(canonical(pending), canon):
-                        raise ParamConflictError(
-                            key, LedgerEntry(pending, canonical(pending), MANUAL, call_site),
-                            stored, MANUAL,
-                        )
-                else:
-                    to_send[key] = stored
-            for key, stored in to_send.items():
-                self._entries[key] = LedgerEntry(stored, canonical(stored), MANUAL, call_site)
-            return to_send
+                if existing is None:
+                    new.append((key, stored, canon))
+                elif not equivalent(existing.canonical, canon):
+                    raise ParamConflictError(key, existing, stored, MANUAL)
+            for key, stored, canon in new:
+                self._entries[key] = LedgerEntry(stored, canon, MANUAL, call_site)
+            return {key: stored for key, stored, _ in new}
 
     def record_autolog(
         self, params: dict[str, Any], integration: str, call_site: str

@@ -82,6 +82,7 @@ class Run:
         self.lazy_metric_queue: deque = deque()
         self.pending_params: deque[dict[str, str]] = deque()
         self.pending_tags: deque[dict[str, str]] = deque()
+        self.in_flight = 0  # points the writer is sending right now
         self.final_status: str | None = None
         self.end_time: int | None = None
         self.owner_pid = os.getpid()
@@ -207,10 +208,10 @@ class Run:
 
     def has_pending(self) -> bool:
         return bool(self.metric_queue or self.lazy_metric_queue or self.pending_params
-                    or self.pending_tags or self.final_status is not None)
+                    or self.pending_tags or self.in_flight or self.final_status is not None)
 
     def pending_count(self) -> int:
-        return len(self.metric_queue) + len(self.lazy_metric_queue)
+        return len(self.metric_queue) + len(self.lazy_metric_queue) + self.in_flight
 
     def discard_pending(self) -> None:
         for queue in (self.metric_queue, self.lazy_metric_queue, self.pending_params,

@@ -8,14 +8,16 @@ silent: one warning per failure streak, and the batch goes back to the front of 
 queue to be written on the next pass. At exit the writer gets a bounded time
 (``AUTOLOG_EXIT_TIMEOUT``, default 10 s) to finish, then says what is left.
 
-Fork: a child (a DataLoader worker) gets fresh locks, no thread (one starts when it
-logs) and empty queues, since the parent still owns and writes what was pending.
+Fork: a child (a DataLoader worker) gets fresh locks, its own thread and empty queues
+(the parent still owns and writes what was pending); it logs into the runs it inherited
+but never ends them.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 import time
 import warnings
@@ -48,8 +50,11 @@ class Writer:
     def register(self, run: Run) -> None:
         self._runs[id(run)] = run
         if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._loop, name="autolog-writer", daemon=True)
-            self._thread.start()
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="autolog-writer", daemon=True)
+        self._thread.start()
 
     def pending_runs(self) -> list[Run]:
         return list(self._runs.values())
@@ -106,11 +111,14 @@ class Writer:
             while queue:
                 batch = _take(queue, BATCH_POINTS)
                 rows = _convert(batch) if lazy else batch
+                run.in_flight = len(batch)
                 try:
                     run.store.log_batch(run.id, metrics=rows)
                 except BaseException:
                     queue.extendleft(reversed(batch))
                     raise
+                finally:
+                    run.in_flight = 0
 
     def _warn(self, run: Run, message: str) -> None:
         warnings.warn(f"autolog: {message}", AutologWarning, stacklevel=3)
@@ -122,7 +130,10 @@ class Writer:
             self._wake.wait(self.interval)
             self._wake.clear()
             for run in self.pending_runs():
-                self.drain(run)
+                try:
+                    self.drain(run)
+                except Exception:  # noqa: BLE001 - only a warning made an error (-W error)
+                    continue  # gets here; drain kept the data, and the thread must live on
 
     def close(self, timeout: float | None = None) -> list[Run]:
         """Stop the thread after a final pass; return the runs left with pending data."""
@@ -140,10 +151,11 @@ class Writer:
         self._io_lock = threading.RLock()
         self._wake = threading.Event()
         self._thread = None
+        self._failing.clear()
         for run in self._runs.values():
             run.after_fork_in_child()
-        self._runs.clear()
-        self._failing.clear()
+        if self._runs:  # the child may log into the runs it inherited: it needs a thread
+            self._start_thread()
 
 
 def _take(queue: deque, limit: int) -> list:
@@ -188,12 +200,11 @@ def _at_exit() -> None:
     left = _writer.close()
     if left:
         points = sum(run.pending_count() for run in left)
-        warnings.warn(
+        print(
             f"autolog: {points} metric points of {len(left)} run(s) could not be written within "
             f"{time.monotonic() - started:.1f} s at exit and are lost; the store was "
             f"{left[0].store.uri}",
-            AutologWarning,
-            stacklevel=1,
+            file=sys.stderr,
         )
     close_all()
 

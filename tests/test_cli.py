@@ -1,0 +1,76 @@
+"""The `autolog` command: runs list/show, experiments list, clear errors."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+import autolog
+from autolog.cli import main
+
+
+@pytest.fixture
+def logged_run(store_uri):
+    with autolog.start_run(run_name="baseline", experiment="team/proj") as run:
+        autolog.log_param("lr", 0.1)
+        autolog.log_metric("loss", 0.5, step=1)
+        autolog.log_metric("loss", 0.25, step=2)
+        autolog.log_metric("diverged", float("nan"))
+        autolog.set_tag("team", "vision")
+    return run
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_runs_list_table_and_json(logged_run):
+    table = invoke("runs", "list")
+    assert table.exit_code == 0
+    assert logged_run.id in table.output and "baseline" in table.output
+    assert "team/proj" in table.output and "FINISHED" in table.output
+    listed = json.loads(invoke("runs", "list", "--experiment", "team/proj", "--json").output)
+    assert [r["run_id"] for r in listed] == [logged_run.id]
+
+
+def test_runs_show(logged_run):
+    shown = invoke("runs", "show", logged_run.id)
+    assert shown.exit_code == 0
+    for fragment in ("status     FINISHED", "lr = 0.1", "loss = 0.25", "team = vision"):
+        assert fragment in shown.output
+    data = json.loads(invoke("runs", "show", logged_run.id, "--json").output)
+    assert data["params"] == {"lr": "0.1"}
+    assert data["metrics"] == {"diverged": "nan", "loss": 0.25}
+    assert data["status"] == "FINISHED"
+
+
+def test_experiments_list(logged_run):
+    out = invoke("experiments", "list", "--json")
+    assert [e["name"] for e in json.loads(out.output)] == ["team/proj"]
+
+
+def test_unknown_run_and_experiment_exit_non_zero(logged_run):
+    missing = invoke("runs", "show", "0123")
+    assert missing.exit_code == 1 and "no run '0123'" in missing.output
+    unknown = invoke("runs", "list", "--experiment", "nope")
+    assert unknown.exit_code == 1 and "no experiment named 'nope'" in unknown.output
+
+
+def test_missing_store_is_an_error_not_a_new_file(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'absent.db'}"
+    out = invoke("runs", "list", "--tracking-uri", uri)
+    assert out.exit_code == 1 and "no autolog store" in out.output
+    assert not (tmp_path / "absent.db").exists()
+    bad = invoke("runs", "list", "--tracking-uri", "ftp://x")
+    assert bad.exit_code == 1 and "unsupported tracking URI" in bad.output
+
+
+def test_installed_console_script(logged_run, store_uri):
+    executable = shutil.which("autolog")
+    if executable is None:
+        pytest.skip("the autolog console script is not on PATH")
+    out = subprocess.run([executable, "runs", "show", logged_run.id, "--tracking-uri", store_uri],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "lr = 0.1" in out.stdout

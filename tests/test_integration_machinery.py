@@ -1,0 +1,178 @@
+"""Plugin machinery with a fake framework: import hooks, versions, guard, re-entrancy."""
+
+import sys
+import textwrap
+
+import pytest
+
+import autolog
+from autolog import integration as integration_module
+from autolog.integration import Integration
+from autolog.patching import current_owner, outermost
+
+
+class FakeIntegration(Integration):
+    name = "fakefw"
+    modules = ("fakefw",)
+    supported = ">=1.0,<2"
+    default_options = {"log_inputs": True}
+
+    def __init__(self):
+        super().__init__()
+        self.fail_in_autolog = False
+
+    def patch(self, module):
+        self.patcher.wrap(module.Model, "fit", self._fit)
+
+    def _fit(self, wrapped, instance, args, kwargs):
+        with outermost(self.name) as owner:
+            if not owner:
+                return wrapped(*args, **kwargs)
+            with self.fit_run() as run:
+                with self.guard():
+                    if self.fail_in_autolog:
+                        raise KeyError("bug in autolog")
+                    run.log_autolog_params({"depth": instance.depth}, self.name)
+                result = wrapped(*args, **kwargs)
+                with self.guard():
+                    run.log_metric("fitted", 1.0)
+                return result
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    (tmp_path / "fakefw.py").write_text(textwrap.dedent(
+        """
+        __version__ = "1.4.0"
+        class Model:
+            depth = 3
+            def fit(self, fail=False, inner=None):
+                if fail:
+                    raise ArithmeticError("framework says no")
+                if inner is not None:
+                    inner.fit()
+                return "fitted-result"
+        """
+    ))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("fakefw", None)
+    plugin = FakeIntegration()
+    registry = integration_module.registry
+    monkeypatch.setattr(registry, "_integrations", {**registry.integrations(), "fakefw": plugin})
+    yield plugin
+    plugin.disable()
+    sys.modules.pop("fakefw", None)
+
+
+def test_framework_imported_after_autolog_is_patched(fake):
+    autolog.autolog()
+    import fakefw
+
+    original = fakefw.Model.__dict__["fit"].__wrapped__
+    assert fakefw.Model().fit() == "fitted-result"
+    runs = autolog.search_runs()
+    assert len(runs) == 1 and runs[0].params == {"depth": "3"}
+    assert runs[0].tags["autolog.integration"] == "fakefw" and runs[0].status == "FINISHED"
+    autolog.autolog(disable=True)
+    assert fakefw.Model.__dict__["fit"] is original
+
+
+def test_framework_imported_before_autolog_is_patched_once(fake):
+    import fakefw
+
+    original = fakefw.Model.__dict__["fit"]
+    autolog.autolog()
+    autolog.autolog(fakefw={"log_inputs": False})
+    assert fake.options == {"log_inputs": False}
+    assert len(fake.patcher) == 1
+    assert fakefw.Model.__dict__["fit"].__wrapped__ is original
+    autolog.autolog(fakefw=False)
+    assert fakefw.Model.__dict__["fit"] is original
+
+
+def test_fit_inside_a_user_run_logs_there_and_leaves_it_open(fake):
+    autolog.autolog()
+    import fakefw
+
+    with autolog.start_run() as run:
+        autolog.log_param("manual", 1)
+        fakefw.Model().fit()
+        assert autolog.active_run() is run
+    record = autolog.get_run(run.id)
+    assert record.params == {"manual": "1", "depth": "3"} and record.metrics == {"fitted": 1.0}
+    assert "autolog.integration" not in record.tags
+
+
+def test_framework_error_reaches_the_user_unchanged_and_fails_the_run(fake):
+    autolog.autolog()
+    import fakefw
+
+    with pytest.raises(ArithmeticError, match="framework says no"):
+        fakefw.Model().fit(fail=True)
+    assert autolog.search_runs()[0].status == "FAILED"
+
+
+def test_autolog_error_is_one_warning_and_the_fit_goes_on(fake, monkeypatch):
+    monkeypatch.setenv("AUTOLOG_STRICT", "0")
+    autolog.autolog()
+    import fakefw
+
+    fake.fail_in_autolog = True
+    with pytest.warns(autolog.AutologWarning, match="bug in autolog") as warned:
+        assert fakefw.Model().fit() == "fitted-result"
+        assert fakefw.Model().fit() == "fitted-result"
+    assert len(warned) == 1
+
+
+def test_autolog_error_raises_in_strict_mode(fake):
+    autolog.autolog()
+    import fakefw
+
+    fake.fail_in_autolog = True
+    with pytest.raises(KeyError, match="bug in autolog"):
+        fakefw.Model().fit()
+
+
+def test_a_fit_inside_a_fit_is_logged_once(fake):
+    autolog.autolog()
+    import fakefw
+
+    assert current_owner() is None
+    fakefw.Model().fit(inner=fakefw.Model())
+    assert len(autolog.search_runs()) == 1
+    assert current_owner() is None
+
+
+def test_unsupported_version_is_skipped_with_one_warning(fake, monkeypatch):
+    import fakefw
+
+    monkeypatch.setattr(fakefw, "__version__", "2.1.0")
+    original = fakefw.Model.__dict__["fit"]
+    with pytest.warns(autolog.AutologWarning, match="not supported"):
+        autolog.autolog()
+    autolog.autolog()  # no second warning (pytest turns one into an error)
+    assert fakefw.Model.__dict__["fit"] is original
+
+
+def test_opt_outs_and_bad_options(fake, monkeypatch):
+    import fakefw
+
+    original = fakefw.Model.__dict__["fit"]
+    monkeypatch.setenv("AUTOLOG_DISABLE", "fakefw")
+    autolog.autolog()
+    assert fakefw.Model.__dict__["fit"] is original
+    monkeypatch.delenv("AUTOLOG_DISABLE")
+    with pytest.raises(TypeError, match="unknown option"):
+        autolog.autolog(fakefw={"colour": "red"})
+    with pytest.raises(TypeError, match="True, False or a dict"):
+        autolog.autolog(fakefw="yes")
+
+
+def test_silent_hides_autolog_warnings(fake, monkeypatch, recwarn):
+    monkeypatch.setenv("AUTOLOG_STRICT", "0")
+    autolog.autolog(silent=True)
+    import fakefw
+
+    fake.fail_in_autolog = True
+    fakefw.Model().fit()
+    assert not [w for w in recwarn if issubclass(w.category, autolog.AutologWarning)]
