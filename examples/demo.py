@@ -1,0 +1,85 @@
+"""End-to-end demo on the embedded store (./autolog.db): one autolog() line, real fits,
+manual logging in the same run, then the run as `autolog runs show` prints it.
+
+    .venv/bin/python examples/demo.py
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+import autolog
+
+
+def train_sklearn(X, y, X_test, y_test) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score
+
+    model = LogisticRegression(C=0.5, max_iter=200).fit(X, y)  # autologged
+    accuracy_score(y_test, model.predict(X_test))  # logged as accuracy_score_X_test
+
+
+def train_xgboost(X, y, X_test, y_test) -> None:
+    import xgboost as xgb
+
+    train, test = xgb.DMatrix(X, label=y), xgb.DMatrix(X_test, label=y_test)
+    xgb.train({"objective": "binary:logistic", "eval_metric": "logloss", "max_depth": 3},
+              train, num_boost_round=20, evals=[(test, "test")])  # one point per round
+
+
+def train_lightning(X, y) -> None:
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class MLP(pl.LightningModule):
+        def __init__(self, hidden: int = 16, lr: float = 0.01):
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], hidden), torch.nn.ReLU(),
+                                           torch.nn.Linear(hidden, 1))
+
+        def training_step(self, batch, _index):
+            features, target = batch
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                self.net(features).squeeze(-1), target)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+    data = TensorDataset(torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.float32))
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(MLP(), DataLoader(data, batch_size=64))
+
+
+def main() -> None:
+    autolog.autolog()  # the one line: every installed framework
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 10))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    X_test, y_test = X[1500:], y[1500:]
+    X, y = X[:1500], y[:1500]
+
+    with autolog.start_run(run_name="demo", tags={"purpose": "readme"}) as run:
+        autolog.log_param("data_version", "v3")  # manual, next to the autologged params
+        train_sklearn(X, y, X_test, y_test)
+        train_xgboost(X, y, X_test, y_test)
+        train_lightning(X, y)
+        autolog.log_metric("test_acc", float(((X_test[:, 0] + X_test[:, 1] > 0) == y_test).mean()))
+
+    print(f"\n$ autolog runs show {run.id}")
+    cli = shutil.which("autolog") or os.path.join(os.path.dirname(sys.executable), "autolog")
+    subprocess.run([cli, "runs", "show", run.id], check=True)
+
+
+if __name__ == "__main__":
+    main()
