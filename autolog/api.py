@@ -10,7 +10,8 @@ import dataclasses
 import datetime
 import secrets
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from autolog import run as _run
 from autolog.config import check_on_conflict, settings

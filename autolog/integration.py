@@ -19,8 +19,9 @@ import importlib.metadata
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import wrapt
 from packaging.specifiers import SpecifierSet

@@ -29,7 +29,7 @@ MANUAL = "manual"
 class ParamConflictError(ValueError):
     """A param key got a second value that differs from the first."""
 
-    def __init__(self, key: str, existing: "LedgerEntry", new_value: str, new_source: str):
+    def __init__(self, key: str, existing: LedgerEntry, new_value: str, new_source: str):
         self.key = key
         self.existing = existing
         self.new_value = new_value

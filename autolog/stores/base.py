@@ -7,8 +7,9 @@ Timestamps are integer milliseconds since the epoch and steps are integers, as i
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 RUNNING, FINISHED, FAILED, KILLED, SCHEDULED = "RUNNING", "FINISHED", "FAILED", "KILLED", "SCHEDULED"
 RUN_STATUSES = (RUNNING, FINISHED, FAILED, KILLED, SCHEDULED)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Iterable, Sequence
 
 from autolog.stores.base import MetricRow
 

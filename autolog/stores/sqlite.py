@@ -15,11 +15,10 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
-from autolog.stores.chunks import pack_chunks, unpack_chunk
 from autolog.stores.base import (
     RUNNING,
     Experiment,
@@ -31,6 +30,7 @@ from autolog.stores.base import (
     RunRecord,
     StoreError,
 )
+from autolog.stores.chunks import pack_chunks, unpack_chunk
 
 BUSY_TIMEOUT_S = 120.0
 DEFAULT_EXPERIMENT = "Default"
