@@ -151,3 +151,39 @@ def to_float(value: object) -> float:
     if hasattr(value, "dtype") and getattr(value, "ndim", 0):
         return float(value.reshape(-1)[0])
     return float(value)
+
+
+def to_floats(values: list) -> list[float | None]:
+    """Convert many values at once (writer thread only); None where one cannot be.
+
+    Torch tensors are stacked per device and copied in one transfer, so a batch of CUDA
+    losses costs one synchronisation of the writer thread, not one per point.
+    """
+    floats: list[float | None] = [None] * len(values)
+    by_device: dict[object, list[int]] = {}
+    for index, value in enumerate(values):
+        if hasattr(value, "detach"):
+            by_device.setdefault(value.device, []).append(index)
+            continue
+        try:
+            floats[index] = to_float(value)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    for indexes in by_device.values():
+        import torch  # imported already: a tensor exists
+
+        try:
+            stacked = torch.stack([values[i].detach().reshape(()).double() for i in indexes])
+            converted = stacked.tolist()
+        except (RuntimeError, TypeError):  # mixed shapes or dtypes: one at a time
+            converted = [_try_float(values[i]) for i in indexes]
+        for index, number in zip(indexes, converted):
+            floats[index] = number
+    return floats
+
+
+def _try_float(value: object) -> float | None:
+    try:
+        return to_float(value)
+    except (RuntimeError, TypeError, ValueError):
+        return None

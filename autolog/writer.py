@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from autolog.config import AutologWarning, env_float
 from autolog.stores.base import ParamRefusedError, RunNotFoundError
-from autolog.validation import to_float
+from autolog.validation import to_floats
 
 if TYPE_CHECKING:
     from autolog.run import Run
@@ -173,12 +173,12 @@ def _take(queue: deque, limit: int) -> list:
 def _convert(batch: list) -> list:
     """numpy/torch scalars to float, here rather than on the training thread."""
     rows = []
-    for key, value, timestamp, step in batch:
-        try:
-            rows.append((key, to_float(value), timestamp, step))
-        except (TypeError, ValueError, RuntimeError) as exc:
-            warnings.warn(f"autolog: metric {key!r} at step {step} dropped: {value!r} is not a "
-                          f"number ({exc})", AutologWarning, stacklevel=2)
+    for (key, value, timestamp, step), number in zip(batch, to_floats([row[1] for row in batch])):
+        if number is None:
+            warnings.warn(f"autolog: metric {key!r} at step {step} dropped: {value!r} could not "
+                          "be read as a number", AutologWarning, stacklevel=2)
+        else:
+            rows.append((key, number, timestamp, step))
     return rows
 
 

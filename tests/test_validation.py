@@ -110,3 +110,31 @@ def test_limits_are_mlflows():
         except ValueError:
             ours_ok = False
         assert ours_ok == mlflow_ok, key
+
+
+def test_torch_scalars_are_converted_by_the_writer_thread_only(store_uri, monkeypatch):
+    torch = pytest.importorskip("torch")
+    import threading
+
+    conversions = []
+    for name in ("item", "tolist", "__float__", "cpu"):
+        original = getattr(torch.Tensor, name)
+
+        def recording(self, *args, _original=original, **kwargs):
+            conversions.append(threading.current_thread().name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, recording)
+    weight = torch.tensor(2.0, requires_grad=True)
+    with autolog.start_run() as run:
+        for step in range(5):
+            loss = weight * step
+            autolog.log_metric("loss", loss.detach(), step=step)
+            autolog.log_metric("count", torch.tensor(step), step=step)
+        # nothing converted on the training thread (the writer may have run already)
+        assert set(conversions) <= {"autolog-writer"}
+        autolog.flush()
+    assert [m.value for m in autolog.get_metric_history(run.id, "loss")] == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert autolog.get_run(run.id).metrics == {"loss": 8.0, "count": 4.0}
+    with pytest.raises(ValueError, match="scalar tensor"):
+        autolog.log_metric("vector", torch.ones(3))
