@@ -115,7 +115,7 @@ def start_run(
         return _resume(store, run_id, checked_tags, run_name)
     name = experiment if experiment is not None else settings.resolved_experiment()
     exp = store.get_or_create_experiment(check_experiment_name(name))
-    run_name = run_name or _default_run_name()
+    run_name = check_tag_value(RUN_NAME, run_name or _default_run_name())
     all_tags = {**system_tags(), RUN_NAME: run_name, **checked_tags}
     if parent is not None:
         all_tags[PARENT_RUN_ID] = parent.id

@@ -1,0 +1,471 @@
+"""An MLflow tracking server over its REST API 2.0, with ``requests``.
+
+:class:`MlflowRestClient` is a synchronous :class:`~autolog.stores.base.Store`: every call
+is one or more HTTP requests on a pooled ``requests.Session`` whose urllib3 ``Retry``
+retries what MLflow's own client retries (408, 429, 500, 502, 503, 504, and connection
+errors) with exponential backoff. Runs log through :func:`open_remote_store`, which puts
+the durable spool (:mod:`autolog.stores.spool`) in front of it so that the writer never
+waits on the network.
+
+Authentication and TLS come from the variables MLflow users already set:
+``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (or ``user:password@`` in the
+URI), ``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_INSECURE_TLS``,
+``MLFLOW_TRACKING_SERVER_CERT_PATH`` and ``MLFLOW_TRACKING_CLIENT_CERT_PATH``. Credentials
+are never part of :attr:`MlflowRestClient.uri`, a repr, or an exception message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Iterable, Iterator, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util import Retry
+
+from autolog.config import env_flag, env_float
+from autolog.stores.base import (
+    Experiment,
+    Metric,
+    MetricRow,
+    ParamRefusedError,
+    RunInfo,
+    RunNotFoundError,
+    RunRecord,
+    Store,
+    StoreError,
+)
+from autolog.validation import (
+    MAX_BATCH_REQUEST_BYTES,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
+
+API_PREFIX = "/api/2.0/mlflow/"
+RETRY_STATUSES = (408, 429, 500, 502, 503, 504)  # what MLflow's own client retries
+AUTH_STATUSES = (401, 403)
+RETRIES = 3
+BACKOFF_FACTOR_S = 0.5  # urllib3 sleeps 0.5, 1, 2 s between the retries
+BACKOFF_MAX_S = 10.0
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 60.0  # AUTOLOG_HTTP_TIMEOUT overrides
+PAGE_SIZE = 1000
+HISTORY_PAGE_SIZE = 25_000
+# Room for the {"run_id": "...", } the sender adds to a stored body.
+BODY_LIMIT = MAX_BATCH_REQUEST_BYTES - 1024
+
+RESOURCE_DOES_NOT_EXIST = "RESOURCE_DOES_NOT_EXIST"
+RESOURCE_ALREADY_EXISTS = "RESOURCE_ALREADY_EXISTS"
+INVALID_PARAMETER_VALUE = "INVALID_PARAMETER_VALUE"
+PARAM_CHANGE_REFUSED = "Changing param values is not allowed"
+
+
+class MlflowRestError(StoreError):
+    """The server answered with an error; carries MLflow's ``error_code`` and ``message``."""
+
+    def __init__(self, description: str, status: int, error_code: str, message: str):
+        self.status = status
+        self.error_code = error_code
+        self.message = message
+        super().__init__(f"{description} failed with HTTP {status} {error_code}: {message}")
+
+    @property
+    def retry_later(self) -> bool:
+        """Worth sending again later: the server was unavailable or overloaded, or refused
+        the credentials (which the user can fix before ``autolog sync``)."""
+        return self.status in RETRY_STATUSES or self.status in AUTH_STATUSES
+
+
+class RestRunNotFoundError(MlflowRestError, RunNotFoundError):
+    """``RESOURCE_DOES_NOT_EXIST`` for a run."""
+
+
+class RestParamRefusedError(MlflowRestError, ParamRefusedError):
+    """``INVALID_PARAMETER_VALUE: Changing param values is not allowed``."""
+
+
+class ServerUnreachableError(StoreError):
+    """No answer from the server (connection refused, timeout, reset), after retries."""
+
+
+def _json_value(value: float) -> float | str:
+    """NaN and ±inf as MLflow's client writes them in JSON (protobuf's JSON mapping)."""
+    if math.isfinite(value):
+        return value
+    if value != value:
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def _dumps(payload: object) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _split_to_limit(items: list, encode) -> Iterator[tuple[int, bytes]]:
+    """(count, body) for ``items``, halving any chunk whose body exceeds the size limit."""
+    body = encode(items)
+    if len(body) <= BODY_LIMIT or len(items) == 1:
+        yield len(items), body
+        return
+    middle = len(items) // 2
+    yield from _split_to_limit(items[:middle], encode)
+    yield from _split_to_limit(items[middle:], encode)
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def metric_bodies(rows: Sequence[MetricRow]) -> Iterator[tuple[int, bytes]]:
+    """log-batch bodies (without ``run_id``) for metric rows, within the server's limits."""
+    def encode(chunk: list) -> bytes:
+        return _dumps({"metrics": [
+            {"key": key, "value": _json_value(value), "timestamp": timestamp, "step": step}
+            for key, value, timestamp, step in chunk
+        ]})
+
+    for chunk in _chunks(list(rows), MAX_METRICS_PER_BATCH):
+        yield from _split_to_limit(chunk, encode)
+
+
+def tag_bodies(tags: dict[str, str]) -> Iterator[tuple[int, bytes]]:
+    def encode(chunk: list) -> bytes:
+        return _dumps({"tags": [{"key": key, "value": value} for key, value in chunk]})
+
+    for chunk in _chunks(list(tags.items()), MAX_PARAMS_TAGS_PER_BATCH):
+        yield from _split_to_limit(chunk, encode)
+
+
+def with_run_id(run_id: str, body: bytes) -> bytes:
+    """A stored log-batch body addressed to ``run_id``."""
+    return b'{"run_id":' + _dumps(run_id) + b"," + body[1:]
+
+
+def _redact_userinfo(uri: str) -> tuple[str, str | None, str | None]:
+    """``uri`` without ``user:password@``, and the user and password it carried."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri.rstrip("/"), None, None
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return clean.rstrip("/"), parts.username, parts.password
+
+
+def _tls_verify() -> bool | str:
+    insecure = env_flag("MLFLOW_TRACKING_INSECURE_TLS")
+    cert_path = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    if insecure and cert_path:
+        raise StoreError(
+            "MLFLOW_TRACKING_INSECURE_TLS and MLFLOW_TRACKING_SERVER_CERT_PATH are both set; "
+            "set at most one of them"
+        )
+    return cert_path or not insecure
+
+
+class _BearerAuth(requests.auth.AuthBase):
+    def __init__(self, token: str):
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def __repr__(self) -> str:
+        return "<bearer token>"
+
+
+class MlflowRestClient:
+    """The Store protocol over MLflow's REST API, one request (or a few) per call.
+
+    ``retries=0`` makes a client that gives up on the first failure (used to decide at
+    once whether a new run can be created online).
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        retries: int = RETRIES,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        read_timeout: float | None = None,
+    ):
+        if not uri.startswith(("http://", "https://")):
+            raise ValueError(f"not an MLflow server URI: {uri!r} (expected http(s)://host:port)")
+        self.uri, user, password = _redact_userinfo(uri)
+        self._base = self.uri + API_PREFIX
+        self._timeout = (connect_timeout,
+                         read_timeout or env_float("AUTOLOG_HTTP_TIMEOUT", READ_TIMEOUT_S))
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME") or user
+        password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or password
+        token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+        self._secrets = [secret for secret in (password, token) if secret]
+
+        session = requests.Session()
+        retry = Retry(
+            total=retries,
+            connect=retries,
+            read=retries,
+            status=retries,
+            other=0,
+            status_forcelist=RETRY_STATUSES,
+            allowed_methods=None,  # POST too: every call we make is safe to repeat
+            backoff_factor=BACKOFF_FACTOR_S,
+            backoff_max=BACKOFF_MAX_S,
+            raise_on_status=False,
+            respect_retry_after_header=True,
+        )
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=8, max_retries=retry)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        if user and password:  # MLflow prefers basic auth when both are configured
+            session.auth = (user, password)
+        elif token:
+            session.auth = _BearerAuth(token)
+        session.verify = _tls_verify()
+        client_cert = os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH")
+        if client_cert:
+            session.cert = client_cert
+        session.headers["User-Agent"] = "autolog"
+        self._session = session
+
+    def __repr__(self) -> str:
+        return f"MlflowRestClient({self.uri!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    # -- transport ----------------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def call(self, method: str, endpoint: str, *, query: dict | None = None,
+             body: bytes | dict | None = None) -> dict:
+        """One API call (with urllib3's retries); the decoded JSON answer."""
+        data = body if isinstance(body, bytes) or body is None else _dumps(body)
+        description = f"{method} {API_PREFIX}{endpoint} on {self.uri}"
+        try:
+            response = self._session.request(
+                method, self._base + endpoint, params=query, data=data, timeout=self._timeout,
+                headers={"Content-Type": "application/json"} if data is not None else None,
+            )
+        except requests.RequestException as exc:
+            raise ServerUnreachableError(
+                self._redact(f"{description}: no answer ({type(exc).__name__}: {exc})")
+            ) from None
+        if response.status_code == 200:
+            return response.json() if response.content else {}
+        raise self._error(endpoint, description, response)
+
+    def _error(self, endpoint: str, description: str,
+               response: requests.Response) -> MlflowRestError:
+        try:
+            answer = response.json()
+            error_code = str(answer.get("error_code", "UNKNOWN"))
+            message = str(answer.get("message", ""))
+        except ValueError:
+            error_code, message = "UNKNOWN", response.text[:500]
+        message = self._redact(message)
+        kind = MlflowRestError
+        if error_code == RESOURCE_DOES_NOT_EXIST and endpoint.startswith(("runs/", "metrics/")):
+            kind = RestRunNotFoundError
+        elif error_code == INVALID_PARAMETER_VALUE and PARAM_CHANGE_REFUSED in message:
+            kind = RestParamRefusedError
+        return kind(self._redact(description), response.status_code, error_code, message)
+
+    def _pages(self, method: str, endpoint: str, request: dict, field: str,
+               limit: int | None = None) -> Iterator[dict]:
+        """Every item of a paged list answer (``page_token``/``next_page_token``)."""
+        token, seen = None, 0
+        while True:
+            page = dict(request, page_token=token) if token else request
+            if method == "GET":
+                answer = self.call("GET", endpoint, query=page)
+            else:
+                answer = self.call("POST", endpoint, body=page)
+            for item in answer.get(field, []):
+                yield item
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
+            token = answer.get("next_page_token")
+            if not token:
+                return
+
+    # -- experiments --------------------------------------------------------------------
+
+    def get_experiment_by_name(self, name: str) -> Experiment | None:
+        try:
+            answer = self.call("GET", "experiments/get-by-name", query={"experiment_name": name})
+        except MlflowRestError as exc:
+            if exc.error_code == RESOURCE_DOES_NOT_EXIST:
+                return None
+            raise
+        experiment = answer["experiment"]
+        if experiment.get("lifecycle_stage") == "deleted":
+            raise StoreError(
+                f"experiment {name!r} on {self.uri} is deleted; restore it in MLflow or use "
+                "another name"
+            )
+        return Experiment(str(experiment["experiment_id"]), experiment["name"])
+
+    def get_or_create_experiment(self, name: str) -> Experiment:
+        found = self.get_experiment_by_name(name)
+        if found is not None:
+            return found
+        try:
+            answer = self.call("POST", "experiments/create", body={"name": name})
+        except MlflowRestError as exc:
+            if exc.error_code != RESOURCE_ALREADY_EXISTS:  # another process created it first
+                raise
+            return self.get_experiment_by_name(name)  # type: ignore[return-value]
+        return Experiment(str(answer["experiment_id"]), name)
+
+    def list_experiments(self) -> list[Experiment]:
+        found = self._pages("POST", "experiments/search", {"max_results": PAGE_SIZE},
+                            "experiments")
+        experiments = [Experiment(str(e["experiment_id"]), e["name"]) for e in found]
+        return sorted(experiments, key=lambda e: (len(e.experiment_id), e.experiment_id))
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def create_run(
+        self, experiment_id: str, run_name: str, start_time: int, tags: dict[str, str]
+    ) -> RunInfo:
+        answer = self.call("POST", "runs/create", body={
+            "experiment_id": experiment_id,
+            "run_name": run_name,
+            "start_time": start_time,
+            "tags": [{"key": key, "value": value} for key, value in tags.items()],
+        })
+        return _run_info(answer["run"]["info"])
+
+    def update_run(self, run_id: str, status: str, end_time: int | None) -> None:
+        body: dict = {"run_id": run_id, "status": status}
+        if end_time is not None:
+            body["end_time"] = end_time
+        self.call("POST", "runs/update", body=body)
+
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: Sequence[MetricRow] = (),
+        params: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """Params first and in their own requests (a refused param must not take metrics
+        with it), then tags, then metrics, each split to the server's limits."""
+        if params:
+            self.log_params(run_id, params)
+        for _, body in tag_bodies(tags or {}):
+            self.post_batch(run_id, body)
+        for _, body in metric_bodies(metrics):
+            self.post_batch(run_id, body)
+
+    def post_batch(self, run_id: str, body: bytes) -> None:
+        """Send one log-batch body from :func:`metric_bodies` or :func:`tag_bodies`."""
+        self.call("POST", "runs/log-batch", body=with_run_id(run_id, body))
+
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        """Log params the server does not have yet; never send one it would refuse.
+
+        The run's params are read first: values it already holds are skipped, and a key it
+        holds with another value (logged by another process) raises
+        :class:`ParamRefusedError` after the others were sent, so the server never answers
+        a log-batch with a 400.
+        """
+        stored = self.get_run(run_id).params
+        refused = {key: value for key, value in params.items()
+                   if key in stored and stored[key] != value}
+        missing = [(key, value) for key, value in params.items() if key not in stored]
+        for chunk in _chunks(missing, MAX_PARAMS_TAGS_PER_BATCH):
+            self.call("POST", "runs/log-batch", body={
+                "run_id": run_id, "params": [{"key": k, "value": v} for k, v in chunk]})
+        if refused:
+            details = "; ".join(f"{key!r} is {stored[key]!r} on the server, refused {value!r}"
+                                for key, value in refused.items())
+            raise ParamRefusedError(
+                f"{PARAM_CHANGE_REFUSED} (run {run_id} on {self.uri}): {details}")
+
+    def get_run(self, run_id: str) -> RunRecord:
+        return _run_record(self.call("GET", "runs/get", query={"run_id": run_id})["run"])
+
+    def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
+        request = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE_SIZE}
+        return [_metric(m) for m in self._pages("GET", "metrics/get-history", request, "metrics")]
+
+    def search_runs(
+        self, experiment_ids: Iterable[str], max_results: int = 1000,
+        filter_string: str | None = None,
+    ) -> list[RunRecord]:
+        ids = [str(i) for i in experiment_ids]
+        if not ids:
+            return []
+        request: dict = {
+            "experiment_ids": ids,
+            "max_results": min(max_results, PAGE_SIZE),
+            "order_by": ["attributes.start_time DESC"],
+        }
+        if filter_string:
+            request["filter"] = filter_string
+        found = self._pages("POST", "runs/search", request, "runs", limit=max_results)
+        return [_run_record(run) for run in found]
+
+    def find_run_by_tag(self, experiment_ids: Iterable[str], key: str, value: str) -> RunInfo | None:
+        """The run carrying tag ``key=value`` in those experiments, if any."""
+        quoted = value.replace("'", "\\'")
+        found = self.search_runs(experiment_ids, max_results=1,
+                                 filter_string=f"tags.`{key}` = '{quoted}'")
+        return found[0].info if found else None
+
+
+def _int(value: object, default: int | None = None) -> int | None:
+    return default if value is None or value == "" else int(value)  # type: ignore[arg-type]
+
+
+def _run_info(info: dict) -> RunInfo:
+    return RunInfo(
+        run_id=info.get("run_id") or info["run_uuid"],
+        experiment_id=str(info["experiment_id"]),
+        run_name=info.get("run_name", ""),
+        status=info.get("status", "RUNNING"),
+        start_time=_int(info.get("start_time"), 0),  # type: ignore[arg-type]
+        end_time=_int(info.get("end_time")),
+    )
+
+
+def _pairs(items: list[dict] | None) -> dict[str, str]:
+    return {item["key"]: item.get("value", "") for item in items or []}
+
+
+def _run_record(run: dict) -> RunRecord:
+    data = run.get("data", {})
+    metrics = {m["key"]: float(m["value"]) for m in data.get("metrics", [])}
+    tags = _pairs(data.get("tags"))
+    info = _run_info(run["info"])
+    if not info.run_name and "mlflow.runName" in tags:
+        info = dataclasses.replace(info, run_name=tags["mlflow.runName"])
+    return RunRecord(info, _pairs(data.get("params")), tags, metrics)
+
+
+def _metric(m: dict) -> Metric:
+    """float() reads the "NaN"/"Infinity" strings of protobuf's JSON mapping as well."""
+    return Metric(m["key"], float(m["value"]), int(m.get("timestamp", 0)), int(m.get("step", 0)))
+
+
+def open_remote_store(uri: str) -> Store:
+    """The store :func:`autolog.stores.open_store` gives for ``http(s)://`` URIs: the
+    durable spool in front of an :class:`MlflowRestClient`."""
+    from autolog.stores.spool import SpoolStore
+
+    return SpoolStore(uri)
