@@ -235,23 +235,3 @@ def search_runs(
     ids = [exp.experiment_id for exp in map(store.get_experiment_by_name, names) if exp]
     return store.search_runs(ids, max_results=max_results)
 
-
-__all__ = [
-    "active_run",
-    "autolog",
-    "end_run",
-    "flush",
-    "get_metric_history",
-    "get_run",
-    "get_tracking_uri",
-    "log_metric",
-    "log_metrics",
-    "log_param",
-    "log_params",
-    "search_runs",
-    "set_experiment",
-    "set_tag",
-    "set_tags",
-    "set_tracking_uri",
-    "start_run",
-]
