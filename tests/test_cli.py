@@ -3,6 +3,8 @@
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -68,9 +70,9 @@ def test_missing_store_is_an_error_not_a_new_file(tmp_path):
 
 
 def test_installed_console_script(logged_run, store_uri):
-    executable = shutil.which("autolog")
-    if executable is None:
-        pytest.skip("the autolog console script is not on PATH")
+    beside_python = Path(sys.executable).parent / "autolog"
+    executable = str(beside_python) if beside_python.exists() else shutil.which("autolog")
+    assert executable, "the autolog console script is not installed"
     out = subprocess.run([executable, "runs", "show", logged_run.id, "--tracking-uri", store_uri],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "lr = 0.1" in out.stdout
