@@ -6,6 +6,7 @@ import datetime
 import json
 import math
 import sys
+from pathlib import Path
 
 import click
 
@@ -141,6 +142,58 @@ def experiments_list(tracking_uri: str | None, as_json: bool) -> None:
                               indent=2))
         return
     click.echo(_table(["ID", "NAME"], [[e.experiment_id, e.name] for e in found]))
+
+
+@main.command("sync")
+@click.option("--from", "source", metavar="URI", default=None,
+              help="Copy runs from this store (sqlite:///path.db or http(s)://host:port).")
+@click.option("--to", "dest", metavar="URI", default=None, help="Copy runs into this store.")
+@click.option("--experiment", "-e", "experiments", multiple=True,
+              help="With --from/--to: copy only this experiment (repeatable; default: all).")
+@click.option("--spool-dir", type=click.Path(file_okay=False, path_type=Path),
+              envvar="AUTOLOG_SPOOL_DIR", default=None,
+              help="Spools to send (default: $AUTOLOG_SPOOL_DIR, then ~/.autolog/spool).")
+def sync_command(source: str | None, dest: str | None, experiments: tuple[str, ...],
+                 spool_dir: Path | None) -> None:
+    """Send what spools hold to their MLflow servers, or copy runs between two stores.
+
+    Without options: send every spool no running process holds (data kept while a
+    server was down, or left by a process that exited or was killed). With --from and
+    --to: copy runs, experiments matched by name; running it again copies only what is
+    new. Credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN.
+    """
+    from autolog import sync
+
+    if (source is None) != (dest is None):
+        raise click.UsageError("--from and --to go together")
+    if source is not None:
+        try:
+            report = sync.copy_between(source, dest, experiments)
+        except (StoreError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(report.summary())
+        return
+    if experiments:
+        raise click.UsageError("--experiment goes with --from and --to")
+    directory = spool_dir or sync.default_spool_dir()
+    outcomes = sync.send_spools(directory)
+    if not outcomes:
+        click.echo(f"nothing to send: no spool in {directory}")
+    incomplete = False
+    for outcome in outcomes:
+        if outcome.uri is None:
+            click.echo(f"{outcome.path}: skipped, {outcome.problem}")
+            continue
+        line = (f"{outcome.path.name}: sent {outcome.sent_points:,} metric points "
+                f"({outcome.sent_batches} batches) to {outcome.uri}")
+        if not outcome.left.empty:
+            incomplete = True
+            line += f"; left in {outcome.path}: {outcome.left.describe()}"
+        if outcome.problem:
+            line += f" ({outcome.problem})"
+        click.echo(line)
+    if incomplete:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -49,7 +49,7 @@ API_PREFIX = "/api/2.0/mlflow/"
 RETRY_STATUSES = (408, 429, 500, 502, 503, 504)  # what MLflow's own client retries
 AUTH_STATUSES = (401, 403)
 RETRIES = 3
-BACKOFF_FACTOR_S = 0.5  # urllib3 sleeps 0.5, 1, 2 s between the retries
+BACKOFF_FACTOR_S = 0.5  # urllib3 retries at once, then after 1 s, then 2 s
 BACKOFF_MAX_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0  # AUTOLOG_HTTP_TIMEOUT overrides
@@ -263,9 +263,13 @@ class MlflowRestClient:
             raise ServerUnreachableError(
                 self._redact(f"{description}: no answer ({type(exc).__name__}: {exc})")
             ) from None
-        if response.status_code == 200:
+        if response.status_code != 200:
+            raise self._error(endpoint, description, response)
+        try:
             return response.json() if response.content else {}
-        raise self._error(endpoint, description, response)
+        except ValueError:  # not an MLflow server (a proxy's login page, say)
+            raise MlflowRestError(description, 200, "INVALID_RESPONSE",
+                                  self._redact(response.text[:200])) from None
 
     def _error(self, endpoint: str, description: str,
                response: requests.Response) -> MlflowRestError:

@@ -1,0 +1,903 @@
+"""The durable local spool in front of an MLflow server, and the thread that empties it.
+
+Every batch bound for the server is first committed to a SQLite file (WAL,
+``synchronous=FULL``) and deleted only when the server has acknowledged it, so the
+writer, and the training loop behind it, never wait on the network, and a process that
+dies leaves its unsent data on disk. One sender thread per process ships the spool in
+order, one request per stored batch, and backs off (up to :data:`BACKOFF_MAX_S`) while
+the server does not answer.
+
+Replay is safe: a batch whose acknowledgement was lost is sent again, and MLflow stores
+an identical metric row once and accepts an identical param again.
+
+Offline start: when the server cannot be reached, ``create_run`` returns at once with a
+local id (``offline-<hex>``). The run is created on the server as soon as it answers
+(during the run, or later by ``autolog sync``), tagged ``autolog.local_run_id``, and its
+spooled data is sent under the server's id. :meth:`SpoolStore.server_run_id` maps a local
+id to the server's, and every reading method accepts either.
+
+Exit: :meth:`SpoolStore.close` (run at interpreter exit, after the writer's last flush)
+waits up to ``AUTOLOG_EXIT_TIMEOUT`` seconds (default 10) for the spool to drain, less
+when an attempt finds the server down, then prints one line with the exact ``autolog
+sync`` command that sends the rest.
+
+Files: ``$AUTOLOG_SPOOL_DIR`` (default ``~/.autolog/spool``) holds one ``<pid>-<hex>.spool``
+per process (a forked child gets its own), with a ``.lock`` file its owner holds
+(``flock``) while it lives; ``autolog sync`` sends the files no live process holds.
+Credentials are never written: ``autolog sync`` takes them from the environment, as the
+run did.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import secrets
+import shlex
+import socket
+import sqlite3
+import struct
+import sys
+import threading
+import time
+import uuid
+import warnings
+import weakref
+from array import array
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from pathlib import Path
+from urllib.parse import quote
+
+from autolog.config import AutologWarning, env_float
+from autolog.stores.base import (
+    RUNNING,
+    Experiment,
+    Metric,
+    MetricRow,
+    ParamRefusedError,
+    RunInfo,
+    RunNotFoundError,
+    RunRecord,
+    StoreError,
+)
+from autolog.stores.mlflow_rest import (
+    MlflowRestClient,
+    MlflowRestError,
+    ServerUnreachableError,
+    metric_bodies,
+    tag_bodies,
+)
+from autolog.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+
+SPOOL_DIR_ENV = "AUTOLOG_SPOOL_DIR"
+OFFLINE_RUN_PREFIX = "offline-"
+OFFLINE_EXPERIMENT_PREFIX = "offline:"
+LOCAL_RUN_ID_TAG = "autolog.local_run_id"
+SCHEMA_VERSION = 1
+SUFFIX = ".spool"
+APPLICATION_ID = 0x616C6F67  # "alog": a spool file, not any SQLite file left in the directory
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+IDLE_POLL_S = 1.0
+PROBE_CONNECT_TIMEOUT_S = 2.0  # starting a run: how long before it starts offline
+PROBE_READ_TIMEOUT_S = 10.0
+ROWS_PER_FETCH = 16
+SEARCH_EXPERIMENTS_PER_CALL = 100
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- one row per run with spooled data; server_id is NULL until an offline run is created
+CREATE TABLE runs (
+    run_key TEXT PRIMARY KEY,
+    server_id TEXT,
+    experiment_id TEXT,
+    experiment_name TEXT,
+    run_name TEXT,
+    start_time INTEGER,
+    tags TEXT,
+    error TEXT
+);
+-- one row per request; a metrics body is pack_rows() of its rows, others are JSON
+CREATE TABLE batches (
+    seq INTEGER PRIMARY KEY,
+    run_key TEXT NOT NULL REFERENCES runs(run_key),
+    kind TEXT NOT NULL CHECK (kind IN ('params', 'tags', 'metrics', 'status')),
+    points INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    error TEXT
+);
+CREATE INDEX batches_by_run ON batches(run_key);
+"""
+
+
+def default_spool_dir() -> Path:
+    return Path(os.environ.get(SPOOL_DIR_ENV) or Path.home() / ".autolog" / "spool")
+
+
+def sync_command(spool_dir: Path) -> str:
+    """The exact command that sends what is left in ``spool_dir``."""
+    if spool_dir == Path.home() / ".autolog" / "spool":
+        return "autolog sync"
+    return f"autolog sync --spool-dir {shlex.quote(str(spool_dir))}"
+
+
+def _exit_timeout() -> float:
+    return env_float("AUTOLOG_EXIT_TIMEOUT", 10.0)
+
+
+def _retry_later(exc: BaseException) -> bool:
+    """The server cannot take data now (down, overloaded, or refusing the credentials)."""
+    return isinstance(exc, ServerUnreachableError) or (
+        isinstance(exc, MlflowRestError) and exc.retry_later)
+
+
+def _warn(message: str) -> None:
+    warnings.warn(f"autolog: {message}", AutologWarning, stacklevel=3)
+
+
+def _warn_from_thread(message: str) -> None:
+    """A warning from the sender thread. Where warnings are turned into errors (a strict
+    test run) the error must not stop the thread, so it ends here."""
+    try:
+        warnings.warn(f"autolog: {message}", AutologWarning, stacklevel=2)
+    except Warning:
+        pass
+
+
+_KEY, _VALUE, _TIMESTAMP, _STEP = (itemgetter(i) for i in range(4))
+_COLUMNS = (("I", 4), ("d", 8), ("q", 8), ("q", 8))  # key index, value, timestamp, step
+_SWAP = sys.byteorder != "little"
+assert all(array(code).itemsize == size for code, size in _COLUMNS)
+
+
+def _column(code: str, items: Iterable) -> bytes:
+    column = array(code, items)
+    if _SWAP:
+        column.byteswap()
+    return column.tobytes()
+
+
+def pack_rows(rows: Sequence[MetricRow]) -> bytes:
+    """Metric rows as the spool keeps them: a header (sizes, then the distinct keys as
+    JSON) and four little-endian columns. Building it is C-level work per point, and
+    reading it back runs no code (unlike pickle)."""
+    keys = list(map(_KEY, rows))
+    names = list(dict.fromkeys(keys))
+    index = {name: i for i, name in enumerate(names)}
+    header = json.dumps(names).encode()
+    return b"".join([struct.pack("<II", len(header), len(rows)), header,
+                     _column("I", map(index.__getitem__, keys)), _column("d", map(_VALUE, rows)),
+                     _column("q", map(_TIMESTAMP, rows)), _column("q", map(_STEP, rows))])
+
+
+def unpack_rows(body: bytes) -> list[MetricRow]:
+    header_size, count = struct.unpack_from("<II", body)
+    offset = 8 + header_size
+    names = json.loads(body[8:offset])
+    columns = []
+    for code, size in _COLUMNS:
+        column = array(code)
+        column.frombytes(body[offset:offset + size * count])
+        if _SWAP:
+            column.byteswap()
+        columns.append(column)
+        offset += size * count
+    keys, values, timestamps, steps = columns
+    return [(names[key], value, timestamp, step)
+            for key, value, timestamp, step in zip(keys, values, timestamps, steps)]
+
+
+@dataclass(frozen=True)
+class OfflineRun:
+    """What creating a run on the server needs, kept until the server has it."""
+
+    run_key: str
+    experiment_id: str | None  # the server's id when it was known, else None
+    experiment_name: str | None  # always set when experiment_id is None
+    run_name: str
+    start_time: int
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Batch:
+    seq: int
+    run_key: str
+    server_id: str
+    kind: str
+    points: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What a spool still holds. ``batches``/``points``/``runs`` are sendable; ``waiting``
+    counts runs not yet created on the server; ``failed`` batches the server refused."""
+
+    batches: int = 0
+    points: int = 0
+    runs: int = 0
+    waiting: int = 0
+    failed: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.batches or self.waiting or self.failed)
+
+    def describe(self) -> str:
+        parts = []
+        if self.batches:
+            parts.append(f"{self.points:,} metric points in {self.batches:,} batches of "
+                         f"{self.runs} run(s)")
+        if self.waiting:
+            parts.append(f"{self.waiting} run(s) not yet created on the server")
+        if self.failed:
+            parts.append(f"{self.failed} batch(es) the server refused (see the warnings)")
+        return "; ".join(parts)
+
+
+def _lock_file(path: Path) -> int | None:
+    """An fd holding an exclusive ``flock`` on ``path`` (created if missing), or None when
+    another process holds it. The kernel releases it when the holder dies, even by SIGKILL."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+class SpoolFile:
+    """One spool: the SQLite file, its lock, and every query on them (thread-safe)."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, lock_fd: int):
+        self.path = path
+        self._conn = conn
+        self._lock_fd = lock_fd
+        self._mutex = threading.Lock()
+        self.uri = self._one("SELECT value FROM meta WHERE key = 'uri'")
+
+    @classmethod
+    def create(cls, directory: Path, uri: str) -> SpoolFile:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        stem = f"{os.getpid()}-{secrets.token_hex(4)}"
+        lock_fd = _lock_file(directory / f"{stem}.lock")
+        if lock_fd is None:  # a fresh random name: cannot be held
+            raise StoreError(f"could not lock a new spool file in {directory}")
+        path = directory / f"{stem}{SUFFIX}"
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        conn = _durable(_open(str(path)))
+        conn.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
+        meta = {"uri": uri, "pid": os.getpid(), "host": socket.gethostname(),
+                "created": int(time.time() * 1000)}
+        _transaction(conn, [
+            *(("INSERT INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
+              for key, value in meta.items()),
+            (f"PRAGMA user_version = {SCHEMA_VERSION}", ()),
+            (f"PRAGMA application_id = {APPLICATION_ID}", ()),  # last: now it is a spool
+        ])
+        return cls(path, conn, lock_fd)
+
+    @classmethod
+    def claim(cls, path: Path) -> SpoolFile | None:
+        """Open another process's spool if no live process holds it, else None."""
+        lock_path = path.with_suffix(".lock")
+        lock_fd = _lock_file(lock_path)
+        if lock_fd is None:
+            return None
+        if not path.exists():  # its owner removed it a moment ago
+            lock_path.unlink(missing_ok=True)
+            os.close(lock_fd)
+            return None
+        try:
+            conn = _open(f"file:{quote(str(path))}?mode=rw", uri=True)
+            application, version = (conn.execute(f"PRAGMA {pragma}").fetchone()[0]
+                                    for pragma in ("application_id", "user_version"))
+            if (application, version) != (APPLICATION_ID, SCHEMA_VERSION):
+                conn.close()
+                raise StoreError(f"{path} is not an autolog spool of format {SCHEMA_VERSION}")
+            return cls(path, _durable(conn), lock_fd)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    def close(self, remove: bool) -> None:
+        with self._mutex:
+            self._conn.close()
+        if remove:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            self.path.with_suffix(".lock").unlink(missing_ok=True)
+        os.close(self._lock_fd)
+
+    def release_after_fork(self) -> None:
+        """In a forked child: drop the child's copy of the lock, so the lock lives as long
+        as the parent does; the SQLite connection is the parent's and is left alone."""
+        os.close(self._lock_fd)
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _one(self, sql: str, args: Sequence = ()):
+        with self._mutex:
+            row = self._conn.execute(sql, args).fetchone()
+        return row[0] if row else None
+
+    def _write(self, statements: Iterable[tuple[str, Sequence]]) -> None:
+        with self._mutex:
+            _transaction(self._conn, statements)
+
+    # -- writes -------------------------------------------------------------------------
+
+    def add_offline_run(self, run: OfflineRun) -> None:
+        self._write([(
+            "INSERT OR IGNORE INTO runs (run_key, experiment_id, experiment_name, run_name, "
+            "start_time, tags) VALUES (?, ?, ?, ?, ?, ?)",
+            (run.run_key, run.experiment_id, run.experiment_name, run.run_name,
+             run.start_time, json.dumps(run.tags)))])
+
+    def append(self, run_key: str, entries: list[tuple[str, int, bytes]],
+               server_id: str | None) -> None:
+        """Commit ``entries`` (kind, points, body) for a run in one transaction. A run
+        the spool has not seen is registered with ``server_id`` (its own id)."""
+        statements: list[tuple[str, Sequence]] = []
+        if server_id is not None:
+            statements.append(("INSERT OR IGNORE INTO runs (run_key, server_id) VALUES (?, ?)",
+                               (run_key, server_id)))
+        statements.extend(
+            ("INSERT INTO batches (run_key, kind, points, body) VALUES (?, ?, ?, ?)",
+             (run_key, kind, points, body)) for kind, points, body in entries)
+        self._write(statements)
+
+    def set_server_id(self, run_key: str, server_id: str) -> None:
+        self._write([("UPDATE runs SET server_id = ? WHERE run_key = ?", (server_id, run_key))])
+
+    def delete(self, seq: int) -> None:
+        self._write([("DELETE FROM batches WHERE seq = ?", (seq,))])
+
+    def mark_failed(self, seq: int, error: str) -> None:
+        self._write([("UPDATE batches SET error = ? WHERE seq = ?", (error, seq))])
+
+    def mark_run_failed(self, run_key: str, error: str) -> None:
+        self._write([("UPDATE runs SET error = ? WHERE run_key = ?", (error, run_key))])
+
+    def drop_run(self, run_key: str) -> int:
+        """Forget a run's batches (the server no longer has the run); the points dropped."""
+        points = self._one("SELECT coalesce(sum(points), 0) FROM batches WHERE run_key = ? "
+                           "AND kind = 'metrics'", (run_key,))
+        self._write([("DELETE FROM batches WHERE run_key = ?", (run_key,))])
+        return points
+
+    def retry_failed(self) -> None:
+        """Make refused batches and runs sendable again (``autolog sync`` retries them)."""
+        self._write([("UPDATE batches SET error = NULL", ()),
+                     ("UPDATE runs SET error = NULL", ())])
+
+    # -- reads --------------------------------------------------------------------------
+
+    def runs_to_create(self) -> list[OfflineRun]:
+        with self._mutex:
+            rows = self._conn.execute(
+                "SELECT run_key, experiment_id, experiment_name, run_name, start_time, tags "
+                "FROM runs WHERE server_id IS NULL AND error IS NULL ORDER BY rowid").fetchall()
+        return [OfflineRun(key, exp_id, exp_name, name, start, json.loads(tags))
+                for key, exp_id, exp_name, name, start, tags in rows]
+
+    def next_batches(self, limit: int) -> list[Batch]:
+        """The oldest sendable batches: not refused, of runs the server has."""
+        with self._mutex:
+            rows = self._conn.execute(
+                "SELECT b.seq, b.run_key, r.server_id, b.kind, b.points, b.body "
+                "FROM batches b JOIN runs r ON r.run_key = b.run_key "
+                "WHERE b.error IS NULL AND r.server_id IS NOT NULL ORDER BY b.seq LIMIT ?",
+                (limit,)).fetchall()
+        return [Batch(*row) for row in rows]
+
+    def has_run(self, run_key: str) -> bool:
+        return self._one("SELECT 1 FROM runs WHERE run_key = ?", (run_key,)) is not None
+
+    def server_id(self, run_key: str) -> str | None:
+        return self._one("SELECT server_id FROM runs WHERE run_key = ?", (run_key,))
+
+    def sendable(self, run_key: str | None = None) -> int:
+        """Batches and run creations still to send (for one run, or all)."""
+        only = "" if run_key is None else " AND b.run_key = ?"
+        args = () if run_key is None else (run_key,)
+        batches = self._one(
+            "SELECT count(*) FROM batches b JOIN runs r ON r.run_key = b.run_key "
+            f"WHERE b.error IS NULL AND r.error IS NULL{only}", args)
+        creations = self._one(
+            "SELECT count(*) FROM runs WHERE server_id IS NULL AND error IS NULL"
+            + ("" if run_key is None else " AND run_key = ?"), args)
+        return batches + creations
+
+    def backlog(self) -> Backlog:
+        with self._mutex:
+            batches, points, runs = self._conn.execute(
+                "SELECT count(*), coalesce(sum(CASE WHEN b.kind = 'metrics' THEN b.points END), 0),"
+                " count(DISTINCT b.run_key) FROM batches b JOIN runs r ON r.run_key = b.run_key "
+                "WHERE b.error IS NULL AND r.error IS NULL").fetchone()
+            waiting = self._conn.execute(
+                "SELECT count(*) FROM runs WHERE server_id IS NULL").fetchone()[0]
+            failed = self._conn.execute(
+                "SELECT count(*) FROM batches b JOIN runs r ON r.run_key = b.run_key "
+                "WHERE b.error IS NOT NULL OR r.error IS NOT NULL").fetchone()[0]
+        return Backlog(batches, points, runs, waiting, failed)
+
+
+def _transaction(conn: sqlite3.Connection, statements: Iterable[tuple[str, Sequence]]) -> None:
+    """All of ``statements`` or none, with one commit (one fsync)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, args in statements:
+            conn.execute(sql, args)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _open(database: str, uri: bool = False) -> sqlite3.Connection:
+    return sqlite3.connect(database, uri=uri, timeout=30.0, isolation_level=None,
+                           check_same_thread=False)
+
+
+def _durable(conn: sqlite3.Connection) -> sqlite3.Connection:
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")  # committed means on disk, not only in the OS cache
+    return conn
+
+
+class Sender:
+    """Ships one spool to its server, oldest batch first; no thread of its own.
+
+    :meth:`send_available` returns when nothing sendable is left and raises
+    :class:`ServerUnreachableError` (or a retry-later :class:`MlflowRestError`) when the
+    server cannot take data now; what was not acknowledged stays spooled. A batch the
+    server refuses for good is handled here: a refused param is dropped (another process
+    logged another value; retrying cannot help), a run deleted on the server loses its
+    batches, anything else is kept and marked refused for ``autolog sync`` to retry.
+    """
+
+    def __init__(self, spool: SpoolFile, client: MlflowRestClient,
+                 notify: Callable[[str], None] = _warn):
+        self.spool = spool
+        self.client = client
+        self.notify = notify
+
+    def send_available(self, stop: Callable[[], bool] = lambda: False,
+                       progress: Callable[[Batch], None] | None = None) -> None:
+        self._create_runs()
+        while not stop():
+            batches = self.spool.next_batches(ROWS_PER_FETCH)
+            if not batches:
+                return
+            for batch in batches:
+                if stop():
+                    return
+                handled = self._send(batch)
+                if progress is not None:
+                    progress(batch)
+                if not handled:  # the spool changed beyond this batch: fetch again
+                    break
+
+    def _create_runs(self) -> None:
+        for run in self.spool.runs_to_create():
+            try:
+                experiment_id = run.experiment_id or self.client.get_or_create_experiment(
+                    run.experiment_name).experiment_id
+                # Find it first: a creation whose answer was lost must not make a second run.
+                info = self.client.find_run_by_tag([experiment_id], LOCAL_RUN_ID_TAG, run.run_key)
+                if info is None:
+                    info = self.client.create_run(experiment_id, run.run_name, run.start_time,
+                                                  {**run.tags, LOCAL_RUN_ID_TAG: run.run_key})
+            except StoreError as exc:
+                if _retry_later(exc):
+                    raise
+                self.spool.mark_run_failed(run.run_key, str(exc))
+                self.notify(f"{self.client.uri} refused to create run {run.run_key}; its data "
+                            f"is kept in {self.spool.path}: {exc}")
+                continue
+            self.spool.set_server_id(run.run_key, info.run_id)
+
+    def _send(self, batch: Batch) -> bool:
+        """Send one batch; False when the spool changed beyond it (a run was dropped)."""
+        try:
+            if batch.kind == "metrics":
+                for _, body in metric_bodies(unpack_rows(batch.body)):
+                    self.client.post_batch(batch.server_id, body)
+            elif batch.kind == "tags":
+                self.client.post_batch(batch.server_id, batch.body)
+            elif batch.kind == "params":
+                self.client.log_params(batch.server_id, json.loads(batch.body))
+            else:
+                status = json.loads(batch.body)
+                self.client.update_run(batch.server_id, status["status"], status["end_time"])
+        except ParamRefusedError as exc:
+            self.spool.delete(batch.seq)
+            self.notify(f"param dropped: {exc}")
+        except RunNotFoundError as exc:
+            points = self.spool.drop_run(batch.run_key)
+            self.notify(f"run {batch.server_id} no longer exists on {self.client.uri}; its "
+                        f"{points} spooled metric points were dropped: {exc}")
+            return False
+        except StoreError as exc:
+            if _retry_later(exc):
+                raise
+            self.spool.mark_failed(batch.seq, str(exc))
+            self.notify(f"{self.client.uri} refused a {batch.kind} batch of run "
+                        f"{batch.server_id}; it is kept in {self.spool.path} and retried by "
+                        f"`autolog sync`: {exc}")
+        else:
+            self.spool.delete(batch.seq)
+        return True
+
+
+class SpoolStore:
+    """The Store for ``http(s)://`` URIs: writes go to the spool, reads to the server.
+
+    ``log_batch`` and ``update_run`` commit to the spool and return; the sender thread
+    sends. ``create_run`` and ``get_or_create_experiment`` try the server once, without
+    retries, and fall back to local ids when it does not answer. Reads (``get_run``,
+    ``get_metric_history``, ``search_runs``) first wait a bounded time for what is spooled
+    for them to arrive, so a process reads what it wrote.
+    """
+
+    def __init__(self, uri: str, spool_dir: Path | str | None = None):
+        self.client = MlflowRestClient(uri)
+        self._probe = MlflowRestClient(uri, retries=0, connect_timeout=PROBE_CONNECT_TIMEOUT_S,
+                                       read_timeout=PROBE_READ_TIMEOUT_S)
+        self.uri = self.client.uri
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else default_spool_dir()
+        self._offline: dict[str, OfflineRun] = {}
+        self._resolved: dict[str, str] = {}  # offline ids of other processes -> server ids
+        self._experiment_names: dict[str, str] = {}
+        self._inherited: SpoolFile | None = None  # a forked child keeps the parent's, unused
+        self._reset_process_state()
+        _stores.add(self)
+
+    def _reset_process_state(self) -> None:
+        self._pid = os.getpid()
+        self._spool: SpoolFile | None = None
+        self._mutex = threading.Lock()
+        self._wake = threading.Event()  # new data
+        self._kick = threading.Event()  # try now, even while backing off
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._outage: str | None = None  # why the server did not answer, until it does
+        self._warned_outage = False
+        self._failures = 0  # failed send attempts so far, so waiters can stop early
+
+    def after_fork_in_child(self) -> None:
+        """A forked child gets its own spool and sender; the parent's file stays the
+        parent's (its connection is left alone here, never closed)."""
+        if self._pid != os.getpid():
+            if self._spool is not None:
+                self._spool.release_after_fork()
+            self._inherited = self._spool
+            self._reset_process_state()
+
+    def __repr__(self) -> str:
+        return f"SpoolStore({self.uri!r}, spool={self.spool_path})"
+
+    @property
+    def spool_path(self) -> Path | None:
+        """This process's spool file (None until something was spooled)."""
+        return self._spool.path if self._spool is not None else None
+
+    # -- spool and sender -----------------------------------------------------------------
+
+    def _file(self) -> SpoolFile:
+        if self._spool is None:
+            with self._mutex:
+                if self._spool is None:
+                    self._spool = SpoolFile.create(self.spool_dir, self.uri)
+        self._start_sender()
+        return self._spool
+
+    def _start_sender(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            with self._mutex:
+                if self._thread is None or not self._thread.is_alive():
+                    self._stopping.clear()
+                    self._thread = threading.Thread(target=self._send_loop, args=(self._spool,),
+                                                    name="autolog-spool-sender", daemon=True)
+                    self._thread.start()
+
+    def _send_loop(self, spool: SpoolFile) -> None:
+        sender = Sender(spool, self.client, _warn_from_thread)
+        delay = 0.0
+        while not self._stopping.is_set():
+            if delay:
+                self._kick.wait(random.uniform(delay / 2, delay))  # jitter: no thundering herd
+            else:
+                self._wake.wait(IDLE_POLL_S)
+            self._wake.clear()
+            self._kick.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                sender.send_available(stop=self._stopping.is_set)
+            except Exception as exc:  # noqa: BLE001 - the sender must outlive any failure
+                delay = min(max(delay * 2, BACKOFF_FIRST_S), BACKOFF_MAX_S)
+                if self._stopping.is_set():
+                    return
+                if not _retry_later(exc):
+                    _warn_from_thread(f"sending the spool {spool.path} failed "
+                                      f"({type(exc).__name__}: {exc}); retrying")
+                elif not self._warned_outage:
+                    self._warned_outage = True
+                    _warn_from_thread(
+                        f"{self.uri} does not take data now ({exc}); it stays in the spool "
+                        f"{spool.path} and is sent when the server answers (or with "
+                        f"`{sync_command(self.spool_dir)}`)")
+                self._outage = str(exc)
+                self._failures += 1  # after the warning: a waiter that stops now saw it
+                continue
+            delay = 0.0
+            self._outage = None
+            if self._warned_outage:
+                self._warned_outage = False
+                _warn_from_thread(f"{self.uri} answers again; the spooled data was sent")
+
+    def wait_until_sent(self, timeout: float | None = None, run_id: str | None = None) -> bool:
+        """Wait until what is spooled (for ``run_id``, or all) has reached the server.
+
+        False when ``timeout`` (default ``AUTOLOG_EXIT_TIMEOUT``) passed, or when the
+        server failed to answer an attempt made after this call began.
+        """
+        spool = self._spool
+        if spool is None:
+            return True
+        run_key = run_id if run_id is not None and spool.has_run(run_id) else None
+        deadline = time.monotonic() + (_exit_timeout() if timeout is None else timeout)
+        failures = self._failures
+        self._start_sender()
+        self._kick.set()
+        self._wake.set()
+        while spool.sendable(run_key):
+            if self._failures > failures or time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def backlog(self) -> Backlog:
+        return self._spool.backlog() if self._spool is not None else Backlog()
+
+    def close(self) -> None:
+        """Wait up to ``AUTOLOG_EXIT_TIMEOUT`` for the spool to drain, stop the sender,
+        and print the command that sends what is left (or remove the empty spool)."""
+        spool = self._spool
+        if spool is not None:
+            started = time.monotonic()
+            timeout = _exit_timeout()
+            self.wait_until_sent(timeout)
+            self._stopping.set()
+            self._kick.set()
+            self._wake.set()
+            if self._thread is not None:  # a request in flight is abandoned, not awaited
+                self._thread.join(timeout=min(1.0, max(0.05, started + timeout - time.monotonic())))
+            left = spool.backlog()
+            if not left.empty:
+                print(f"autolog: not sent to {self.uri} within {time.monotonic() - started:.1f} s, "
+                      f"kept in {spool.path}: {left.describe()}; send them with: "
+                      f"{sync_command(self.spool_dir)}", file=sys.stderr, flush=True)
+            spool.close(remove=left.empty)
+            self._spool = None
+            self._thread = None
+        self.client.close()
+        self._probe.close()
+
+    # -- ids ----------------------------------------------------------------------------
+
+    def server_run_id(self, run_id: str) -> str | None:
+        """The server's id for ``run_id``: itself for a run created online; for a run
+        started offline (``offline-...``), the id it got on the server, or None while the
+        server does not have it yet."""
+        if not run_id.startswith(OFFLINE_RUN_PREFIX):
+            return run_id
+        if self._spool is not None and self._spool.has_run(run_id):
+            return self._spool.server_id(run_id)
+        # Started by another process: the server's run carries the local id as a tag.
+        experiment_ids = [e.experiment_id for e in self.client.list_experiments()]
+        for start in range(0, len(experiment_ids), SEARCH_EXPERIMENTS_PER_CALL):
+            found = self.client.find_run_by_tag(
+                experiment_ids[start:start + SEARCH_EXPERIMENTS_PER_CALL], LOCAL_RUN_ID_TAG, run_id)
+            if found is not None:
+                return found.run_id
+        return None
+
+    def _run_key(self, spool: SpoolFile, run_id: str) -> tuple[str, str | None]:
+        """The spool key for ``run_id`` and, for a run the spool may not know yet, its
+        server id (which is the id itself for any run not started offline)."""
+        if not run_id.startswith(OFFLINE_RUN_PREFIX):
+            return run_id, run_id
+        if spool.has_run(run_id):
+            return run_id, None
+        if run_id in self._offline:  # a forked child's own spool
+            spool.add_offline_run(self._offline[run_id])
+            return run_id, None
+        # Started offline by another process (resumed here): log under the server's id.
+        server_id = self._resolved.get(run_id) or self.server_run_id(run_id)
+        if server_id is None:
+            raise RunNotFoundError(f"run {run_id} is not on {self.uri} yet, nor in this "
+                                   "process's spool")
+        self._resolved[run_id] = server_id
+        return server_id, server_id
+
+    def _server_id_for_read(self, run_id: str) -> str:
+        self.wait_until_sent(run_id=run_id)
+        server_id = self.server_run_id(run_id)
+        if server_id is None:
+            raise RunNotFoundError(
+                f"run {run_id} was started while {self.uri} did not answer and is not on the "
+                f"server yet; it is created there when the server answers, or with "
+                f"`{sync_command(self.spool_dir)}`")
+        return server_id
+
+    # -- the Store protocol: writes -------------------------------------------------------
+
+    def _note_probe_failure(self, exc: StoreError) -> None:
+        if not _retry_later(exc):
+            raise exc
+        self._outage = str(exc)
+
+    def get_or_create_experiment(self, name: str) -> Experiment:
+        if self._outage is None:
+            try:
+                experiment = self._probe.get_or_create_experiment(name)
+            except (ServerUnreachableError, MlflowRestError) as exc:
+                self._note_probe_failure(exc)
+            else:
+                self._experiment_names[experiment.experiment_id] = experiment.name
+                return experiment
+        return Experiment(OFFLINE_EXPERIMENT_PREFIX + name, name)
+
+    def get_experiment_by_name(self, name: str) -> Experiment | None:
+        return self.client.get_experiment_by_name(name)
+
+    def list_experiments(self) -> list[Experiment]:
+        return self.client.list_experiments()
+
+    def create_run(
+        self, experiment_id: str, run_name: str, start_time: int, tags: dict[str, str]
+    ) -> RunInfo:
+        offline_experiment = experiment_id.startswith(OFFLINE_EXPERIMENT_PREFIX)
+        if not offline_experiment and self._outage is None:
+            try:
+                return self._probe.create_run(experiment_id, run_name, start_time, tags)
+            except (ServerUnreachableError, MlflowRestError) as exc:
+                self._note_probe_failure(exc)
+        if offline_experiment:
+            known_id, name = None, experiment_id[len(OFFLINE_EXPERIMENT_PREFIX):]
+        else:
+            known_id, name = experiment_id, self._experiment_names.get(experiment_id)
+        run = OfflineRun(OFFLINE_RUN_PREFIX + uuid.uuid4().hex, known_id, name, run_name,
+                         start_time, dict(tags))
+        spool = self._file()
+        spool.add_offline_run(run)
+        self._offline[run.run_key] = run
+        self._warned_outage = True
+        self._wake.set()
+        _warn(f"{self.uri} does not answer ({self._outage}); run {run.run_key} started "
+              f"offline: it and its data are kept in the spool {spool.path} and sent when the "
+              f"server answers (or with `{sync_command(self.spool_dir)}`)")
+        return RunInfo(run.run_key, experiment_id, run_name, RUNNING, start_time)
+
+    def update_run(self, run_id: str, status: str, end_time: int | None) -> None:
+        body = json.dumps({"status": status, "end_time": end_time}).encode()
+        self._append(run_id, [("status", 0, body)])
+
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: Sequence[MetricRow] = (),
+        params: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """Commit the batch to the spool, one stored batch per request to send, and return."""
+        entries: list[tuple[str, int, bytes]] = []
+        if params:
+            items = list(params.items())
+            for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+                chunk = dict(items[start:start + MAX_PARAMS_TAGS_PER_BATCH])
+                entries.append(("params", len(chunk), json.dumps(chunk).encode()))
+        if tags:
+            entries.extend(("tags", count, body) for count, body in tag_bodies(tags))
+        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            chunk = metrics[start:start + MAX_METRICS_PER_BATCH]
+            entries.append(("metrics", len(chunk), pack_rows(chunk)))
+        if entries:
+            self._append(run_id, entries)
+
+    def _append(self, run_id: str, entries: list[tuple[str, int, bytes]]) -> None:
+        spool = self._file()
+        run_key, server_id = self._run_key(spool, run_id)
+        spool.append(run_key, entries, server_id)
+        self._wake.set()
+
+    # -- the Store protocol: reads --------------------------------------------------------
+
+    def get_run(self, run_id: str) -> RunRecord:
+        return self.client.get_run(self._server_id_for_read(run_id))
+
+    def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
+        return self.client.get_metric_history(self._server_id_for_read(run_id), key)
+
+    def search_runs(self, experiment_ids: Iterable[str], max_results: int = 1000) -> list[RunRecord]:
+        self.wait_until_sent()
+        return self.client.search_runs(experiment_ids, max_results)
+
+
+_stores: weakref.WeakSet[SpoolStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_stores):
+        store.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@dataclass
+class SpoolOutcome:
+    """What ``autolog sync`` did with one spool file."""
+
+    path: Path
+    uri: str | None
+    sent_batches: int = 0
+    sent_points: int = 0
+    left: Backlog = Backlog()
+    problem: str | None = None  # why it stopped early, or why it was skipped
+
+
+def spool_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob(f"*{SUFFIX}")) if directory.is_dir() else []
+
+
+def send_spool_file(path: Path, progress_factory=None) -> SpoolOutcome:
+    """Send one spool file no live process holds; remove it once empty.
+
+    Batches refused earlier are retried. ``progress_factory(total)`` may return an object
+    with ``update(n)`` and ``close()`` (a tqdm bar) that counts batches.
+    """
+    try:
+        spool = SpoolFile.claim(path)
+    except (StoreError, sqlite3.Error) as exc:
+        return SpoolOutcome(path, None, problem=f"unreadable: {exc}")
+    if spool is None:
+        return SpoolOutcome(path, None, problem="in use by a running process, whose own "
+                                                 "sender is sending it")
+    outcome = SpoolOutcome(path, spool.uri)
+    client = MlflowRestClient(spool.uri)
+    bar = None
+    try:
+        spool.retry_failed()
+        if progress_factory is not None:
+            bar = progress_factory(spool.sendable())
+
+        def sent(batch: Batch) -> None:
+            outcome.sent_batches += 1
+            if batch.kind == "metrics":
+                outcome.sent_points += batch.points
+            if bar is not None:
+                bar.update(1)
+
+        try:
+            Sender(spool, client).send_available(progress=sent)
+        except StoreError as exc:
+            if not _retry_later(exc):
+                raise
+            outcome.problem = f"{spool.uri} does not take data now: {exc}"
+    finally:
+        if bar is not None:
+            bar.close()
+        outcome.left = spool.backlog()
+        spool.close(remove=outcome.left.empty)
+        client.close()
+    return outcome
