@@ -113,13 +113,16 @@ def start_run(
     store = _store()
     if run_id is not None:
         return _resume(store, run_id, checked_tags, run_name)
-    name = experiment if experiment is not None else settings.resolved_experiment()
-    exp = store.get_or_create_experiment(check_experiment_name(name))
+    if experiment is None and parent is not None and parent.store is store:
+        experiment_id = parent.experiment_id  # a child run lives beside its parent
+    else:
+        name = experiment if experiment is not None else settings.resolved_experiment()
+        experiment_id = store.get_or_create_experiment(check_experiment_name(name)).experiment_id
     run_name = check_tag_value(RUN_NAME, run_name or _default_run_name())
     all_tags = {**system_tags(), RUN_NAME: run_name, **checked_tags}
     if parent is not None:
         all_tags[PARENT_RUN_ID] = parent.id
-    info = store.create_run(exp.experiment_id, run_name, int(time.time() * 1000), all_tags)
+    info = store.create_run(experiment_id, run_name, int(time.time() * 1000), all_tags)
     run = Run(store, info, settings.on_conflict, parent_id=parent.id if parent else None)
     _run.push(run)
     return run

@@ -94,6 +94,12 @@ class Run:
         return self.info.run_id
 
     @property
+    def server_id(self) -> str | None:
+        """The id on the tracking server; differs from :attr:`id` only for a run started
+        while the server was unreachable (None until the server has created it)."""
+        return self.store.server_run_id(self.id)
+
+    @property
     def name(self) -> str:
         return self.info.run_name
 

@@ -105,6 +105,15 @@ def test_second_run_in_a_thread_needs_nested(store_uri):
         assert autolog.active_run() is parent
     assert autolog.get_run(child.id).tags["mlflow.parentRunId"] == parent.id
     assert child.parent_id == parent.id
+    assert child.server_id == child.id  # the embedded store has one id per run
+
+
+def test_a_child_run_lives_in_its_parents_experiment(store_uri):
+    with autolog.start_run(experiment="team/a") as parent:
+        with autolog.start_run(nested=True) as child:
+            pass
+    assert child.experiment_id == parent.experiment_id
+    assert [r.run_id for r in autolog.search_runs("team/a")] == [child.id, parent.id]
 
 
 def test_a_run_started_in_one_thread_is_active_in_others(store_uri):

@@ -130,4 +130,9 @@ class Store(Protocol):
         self, experiment_ids: Iterable[str], max_results: int = 1000
     ) -> list[RunRecord]: ...
 
+    def server_run_id(self, run_id: str) -> str | None:
+        """The id the backend itself knows the run by: ``run_id`` except for a run started
+        while a tracking server was unreachable (None until the server has it)."""
+        ...
+
     def close(self) -> None: ...

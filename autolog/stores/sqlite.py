@@ -330,6 +330,9 @@ class SQLiteStore:
         points.sort(key=_by_step_then_time)  # stable: equal (step, time) keep logging order
         return [Metric(key, value, timestamp, step) for value, timestamp, step in points]
 
+    def server_run_id(self, run_id: str) -> str:
+        return run_id
+
     def search_runs(self, experiment_ids: Iterable[str], max_results: int = 1000) -> list[RunRecord]:
         ids = [int(i) for i in experiment_ids]
         if not ids:
