@@ -19,6 +19,7 @@ import importlib.metadata
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, ClassVar
@@ -29,11 +30,12 @@ from packaging.version import InvalidVersion, Version
 
 from autolog.config import warn
 from autolog.patching import Patcher, guard
-from autolog.run import Run, active_run
+from autolog.run import Run, active_run, own_run
 from autolog.stores.base import FAILED, FINISHED, KILLED
 
 ENTRY_POINT_GROUP = "autolog.integrations"
 INTEGRATION_TAG = "autolog.integration"
+_fit_runs: weakref.WeakSet[Run] = weakref.WeakSet()  # the runs fit_run() created
 
 
 class Integration:
@@ -70,9 +72,12 @@ class Integration:
     def fit_run(self) -> Iterator[Run | None]:
         """The run a fit logs into: the active run (left open), or a new one tagged
         ``autolog.integration=<name>`` that ends FINISHED, FAILED if the fit raised, or
-        KILLED on Ctrl-C. Yields None if autolog could not start a run (one warning)."""
+        KILLED on Ctrl-C. Yields None if autolog could not start a run (one warning).
+
+        A run that a fit in another thread created is not joined: two fits in two threads,
+        with no run of the user's, get a run each."""
         run = active_run()
-        if run is not None:
+        if run is not None and (run not in _fit_runs or run is own_run()):
             yield run
             return
         from autolog.api import start_run  # api imports this module lazily too
@@ -80,6 +85,7 @@ class Integration:
         created = None
         with self.guard():
             created = start_run(tags={INTEGRATION_TAG: self.name})
+            _fit_runs.add(created)
         try:
             yield created
         except KeyboardInterrupt:

@@ -1,0 +1,263 @@
+"""What autologging adds to a fit, beside MLflow's autolog, in one run.
+
+    python benchmarks/bench_autolog.py            # full run, rewrites its RESULTS.md section(s)
+    python benchmarks/bench_autolog.py --quick    # fewer rounds, prints only
+
+Each case is one fit, timed in this process with no autolog, with ``autolog.autolog()`` and
+with ``mlflow.autolog(log_models=False, log_datasets=False)``, each against a SQLite file
+in a temp dir; no run is active, so every fit starts and ends its own run inside the
+timing (MLflow's too). The median of each mode is kept; autolog's cost is the median
+difference over back-to-back pairs of fits without and with it (see :func:`measure`), and
+the same in CPU time of the fitting thread, which moves less than wall time when other
+processes compete for the cores (every case fits in the calling thread: XGBoost is given
+``nthread=1`` for that reason).
+
+Target: autolog adds at most 5 ms or 5 % to a fit, whichever is larger.
+
+To add cases (Lightning, plain torch...): write a function returning a list of
+:class:`Case` and add it to ``SECTIONS`` under its own RESULTS.md section name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import machine, write_section  # noqa: E402
+
+MODES = ("none", "autolog", "mlflow")
+TARGET_MS, TARGET_FRACTION = 5.0, 0.05
+
+
+@dataclass
+class Case:
+    """One fit to time. ``setup`` makes the data once and returns the fit to call."""
+
+    name: str
+    setup: Callable[[], Callable[[], object]]
+    fits_per_round: int = 3  # pairs of fits without and with autolog per round
+
+
+def sklearn_xgboost_cases() -> list[Case]:
+    def data(rows: int):
+        from sklearn.datasets import make_classification
+
+        return make_classification(rows, 20, n_informative=10, random_state=0)
+
+    def logistic_regression():
+        from sklearn.linear_model import LogisticRegression
+
+        X, y = data(20_000)
+        return lambda: LogisticRegression().fit(X, y)
+
+    def random_forest():
+        from sklearn.ensemble import RandomForestClassifier
+
+        X, y = data(5_000)
+        return lambda: RandomForestClassifier(n_estimators=50, random_state=0).fit(X, y)
+
+    def grid_search():
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import GridSearchCV
+
+        X, y = data(20_000)
+        grid = {"C": [0.01, 0.1, 1.0, 10.0]}
+        return lambda: GridSearchCV(LogisticRegression(), grid, cv=3).fit(X, y)
+
+    def xgboost_train():
+        import xgboost
+
+        X, y = data(20_000)
+        train, val = xgboost.DMatrix(X[:16_000], y[:16_000]), xgboost.DMatrix(X[16_000:], y[16_000:])
+        params = {"objective": "binary:logistic", "max_depth": 4, "eval_metric": "logloss",
+                  "nthread": 1}
+        return lambda: xgboost.train(params, train, 200, evals=[(val, "val")], verbose_eval=False)
+
+    return [
+        Case("LogisticRegression, 20,000×20", logistic_regression, fits_per_round=10),
+        Case("RandomForestClassifier, 50 trees, 5,000×20", random_forest),
+        Case("GridSearchCV(LogisticRegression), 4 candidates × 3 folds, 20,000×20", grid_search),
+        Case("`xgboost.train`, 200 rounds, eval set, 16,000×20, 1 thread", xgboost_train),
+    ]
+
+
+SECTIONS: dict[str, tuple[str, Callable[[], list[Case]]]] = {
+    "bench_autolog_sklearn_xgboost": ("scikit-learn and XGBoost", sklearn_xgboost_cases),
+}
+
+
+class Modes:
+    """Switches between no autolog, autolog and MLflow's autolog in this process."""
+
+    def __init__(self, root: Path):
+        import mlflow
+
+        import autolog
+
+        self.autolog, self.mlflow, self.mode = autolog, mlflow, "none"
+        autolog.set_tracking_uri(f"sqlite:///{root / 'autolog.db'}")
+        autolog.set_experiment("bench")
+        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+        mlflow.set_experiment("bench")
+
+    def enable(self, mode: str) -> None:
+        self.mode = mode
+        if mode == "autolog":
+            self.autolog.autolog()
+        elif mode == "mlflow":
+            self.mlflow.autolog(log_models=False, log_datasets=False, silent=True)
+
+    def disable(self) -> None:
+        """Turn off what :meth:`enable` turned on (and nothing else, to disturb no cache)."""
+        if self.mode == "autolog":
+            self.autolog.autolog(disable=True)
+        elif self.mode == "mlflow":
+            self.mlflow.autolog(disable=True, silent=True)
+        self.mode = "none"
+
+    def runs(self, mode: str) -> int:
+        if mode == "autolog":
+            return len(self.autolog.search_runs("bench", max_results=100_000))
+        if mode == "mlflow":
+            return len(self.mlflow.search_runs(experiment_names=["bench"], output_format="list",
+                                               max_results=50_000))
+        return 0
+
+
+@dataclass
+class Result:
+    """Medians for one case: seconds per fit in each mode, and autolog's paired cost."""
+
+    wall: dict[str, float]
+    added: float  # median of (autolog - none) over back-to-back pairs of fits
+    added_cpu: float  # the same, in CPU time of the fitting thread
+    base_cpu: float
+
+
+def timed(fit: Callable) -> tuple[float, float]:
+    gc.collect()
+    started, started_cpu = time.perf_counter(), time.thread_time()
+    fit()
+    return time.perf_counter() - started, time.thread_time() - started_cpu
+
+
+def measure(modes: Modes, fits: list[tuple[Case, Callable]], rounds: int) -> dict[str, Result]:
+    """Each round: every fit under MLflow's autolog (switching it is slow, so in a block),
+    then pairs of fits without and with autolog back to back, in alternating order, so
+    that a neighbour's burst of load hits both fits of a pair alike."""
+    wall = {(case.name, mode): [] for case, _ in fits for mode in MODES}
+    cpu = {key: [] for key in wall}
+    pairs = {case.name: ([], []) for case, _ in fits}  # wall, cpu differences
+    for round_ in range(rounds + 1):  # round 0 warms up: imports, schemas, first calls
+        keep = round_ > 0
+        modes.enable("mlflow")
+        try:
+            for case, fit in fits:
+                for _ in range(case.fits_per_round):
+                    elapsed, elapsed_cpu = timed(fit)
+                    if keep:
+                        wall[(case.name, "mlflow")].append(elapsed)
+        finally:
+            modes.disable()
+        for case, fit in fits:
+            for index in range(case.fits_per_round):
+                pair = {}
+                for mode in ("none", "autolog") if (round_ + index) % 2 else ("autolog", "none"):
+                    modes.enable(mode)
+                    try:
+                        pair[mode] = timed(fit)
+                    finally:
+                        modes.disable()
+                if keep:
+                    for mode in ("none", "autolog"):
+                        wall[(case.name, mode)].append(pair[mode][0])
+                        cpu[(case.name, mode)].append(pair[mode][1])
+                    pairs[case.name][0].append(pair["autolog"][0] - pair["none"][0])
+                    pairs[case.name][1].append(pair["autolog"][1] - pair["none"][1])
+    median = statistics.median
+    return {case.name: Result(wall={mode: median(wall[(case.name, mode)]) for mode in MODES},
+                              added=median(pairs[case.name][0]),
+                              added_cpu=median(pairs[case.name][1]),
+                              base_cpu=median(cpu[(case.name, "none")]))
+            for case, _ in fits}
+
+
+def table(title: str, results: dict[str, Result], rounds: int, per_round: str) -> tuple[str, bool]:
+    lines = [
+        f"## Autologging overhead per fit: {title} (`bench_autolog.py`)",
+        "",
+        f"Machine: {machine()}. Medians over {rounds} rounds of {per_round} fits per mode; "
+        "each fit starts and ends its own run in a SQLite store (MLflow's too). autolog's "
+        "*added* is the median difference over back-to-back pairs of fits without and with "
+        "it; the last column is that difference in CPU time of the fitting thread.",
+        "",
+        "| fit | no autolog | autolog | added | MLflow autolog | added | MLflow adds × autolog's "
+        "| autolog adds, thread CPU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    verdicts, all_met = [], True
+    for name, result in results.items():
+        base, ours, theirs = (result.wall[mode] for mode in MODES)
+        added, mlflow_added = result.added, theirs - base
+        ratio = f"{mlflow_added / added:,.0f}×" if added > 0 else "—"
+        lines.append(
+            f"| {name} | {base * 1e3:,.1f} ms | {ours * 1e3:,.1f} ms | "
+            f"{added * 1e3:+,.1f} ms ({added / base:+.1%}) | {theirs * 1e3:,.1f} ms | "
+            f"{mlflow_added * 1e3:+,.1f} ms ({mlflow_added / base:+.1%}) | {ratio} | "
+            f"{result.added_cpu * 1e3:+,.1f} ms ({result.added_cpu / result.base_cpu:+.1%}) |")
+        allowed = max(TARGET_MS / 1e3, TARGET_FRACTION * base)
+        met = added <= allowed
+        all_met &= met
+        verdicts.append(f"- {'met' if met else 'MISSED'}: {name}: autolog adds "
+                        f"{added * 1e3:+.1f} ms wall ({result.added_cpu * 1e3:+.1f} ms thread "
+                        f"CPU), allowed {allowed * 1e3:.1f} ms")
+    lines += ["", f"Target: autolog adds ≤ {TARGET_MS:.0f} ms or ≤ {TARGET_FRACTION:.0%} of the "
+              "fit (wall), whichever is larger.", *verdicts]
+    return "\n".join(lines), all_met
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 rounds, print only")
+    parser.add_argument("--section", choices=sorted(SECTIONS), action="append",
+                        help="only these sections (default: all)")
+    args = parser.parse_args()
+    rounds = 2 if args.quick else 7
+    warnings.filterwarnings("ignore")
+
+    all_met = True
+    with tempfile.TemporaryDirectory() as tmp:
+        import mlflow  # noqa: F401 - its import sets its loggers' levels: quiet them after
+
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
+        modes = Modes(Path(tmp))
+        for section in args.section or list(SECTIONS):
+            title, cases = SECTIONS[section]
+            fits = [(case, case.setup()) for case in cases()]
+            before = {mode: modes.runs(mode) for mode in MODES}
+            results = measure(modes, fits, rounds)
+            made = {mode: modes.runs(mode) - before[mode] for mode in MODES}
+            expected = sum(case.fits_per_round for case, _ in fits) * (rounds + 1)
+            assert made["autolog"] >= expected and made["mlflow"] >= expected, made  # fits logged
+            counts = sorted({case.fits_per_round for case, _ in fits})
+            per_round = "–".join(str(count) for count in (counts[0], counts[-1])[:len(counts)])
+            markdown, met = table(title, results, rounds, per_round)
+            all_met &= met
+            print(markdown, end="\n\n")
+            if not args.quick:
+                write_section(section, markdown)
+    return 0 if all_met else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

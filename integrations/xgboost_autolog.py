@@ -1,0 +1,354 @@
+"""Autologging for XGBoost: ``xgboost.train``, ``xgboost.cv`` and the scikit-learn API.
+
+What a training logs, under MLflow's names:
+
+* params: the booster params, then the train arguments with their defaults
+  (``num_boost_round``, ``early_stopping_rounds``, ``maximize``, ``verbose_eval``, ...;
+  not the data, callables or callbacks), as MLflow does;
+* metrics: one point per iteration for every eval set and metric, ``<eval>-<metric>``
+  (``@`` becomes ``_at_``, as in MLflow) with step = iteration, from a
+  ``TrainingCallback`` added to the call's ``callbacks`` (found by binding the call's
+  signature, never by position; the caller's list is not modified). ``xgboost.cv`` logs
+  ``<eval>-<metric>-mean`` and ``-std``, the names of its result columns;
+* early stopping (``early_stopping_rounds`` or an ``EarlyStopping`` callback):
+  ``best_iteration``, ``stopped_iteration``, and every eval metric of the best iteration
+  again one step after the last iteration, as MLflow does;
+* feature importance: tags ``feature_importance_<type>`` (``weight`` and ``gain`` by
+  default; the ``importance_types`` option), a JSON object of feature -> importance,
+  most important first, cut to the tag size limit. MLflow logs these as artifacts.
+
+The scikit-learn API (``XGBClassifier``, ``XGBRegressor``, ``XGBRanker``, ...) is one fit
+and one run, logged here: the fit owns the run (tags ``estimator_name`` and
+``estimator_class``), the ``xgboost.train`` it calls logs into it, and the scikit-learn
+integration leaves these fits alone. The params ``get_params()`` leaves at ``None``
+(XGBoost's defaults: ``learning_rate``, ``max_depth``, ...) are logged with the value the
+booster actually used, read from its config after training (``learning_rate`` 0.3); the
+tag ``autolog.xgboost.params_from_booster`` lists them, so the ``None`` of the call is not
+silently lost. MLflow logs them as ``None``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import threading
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from autolog.integration import Integration
+from autolog.patching import current_owner, outermost
+from autolog.run import Run, user_call_site
+from autolog.validation import MAX_TAG_VALUE_LENGTH
+
+FROM_BOOSTER_TAG = "autolog.xgboost.params_from_booster"
+# arguments of train/cv that are data, callables or callbacks, not params (MLflow's list)
+_NOT_PARAMS = frozenset({"params", "dtrain", "evals", "obj", "feval", "evals_result",
+                         "xgb_model", "callbacks", "learning_rates", "folds", "fpreproc"})
+
+
+class XGBoostIntegration(Integration):
+    name = "xgboost"
+    modules = ("xgboost",)
+    supported = ">=2.0"
+    default_options = {"importance_types": ("weight", "gain")}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()  # .sklearn_fit: the run of the XGBModel.fit running
+
+    def patch(self, module: ModuleType) -> None:
+        import xgboost.sklearn
+        import xgboost.training
+
+        self.callback_class = _callback_class(xgboost)
+        for function, wrapper in (("train", self._on_train), ("cv", self._on_cv)):
+            for owner in (module, xgboost.training, xgboost.sklearn):
+                if function in vars(owner):
+                    self.patcher.wrap(owner, function, wrapper)
+        stack = [xgboost.sklearn.XGBModel]
+        while stack:
+            cls = stack.pop()
+            stack.extend(cls.__subclasses__())
+            if cls.__module__ == xgboost.sklearn.__name__ and "fit" in vars(cls):
+                self.patcher.wrap(cls, "fit", self._on_sklearn_fit)
+
+    # -- the wrappers -----------------------------------------------------------------------
+
+    def _on_sklearn_fit(self, wrapped, instance, args, kwargs):
+        if current_owner() is not None:
+            return wrapped(*args, **kwargs)
+        with outermost(self.name), self.fit_run() as run:
+            if run is None:
+                return wrapped(*args, **kwargs)
+            call_site = "<unknown>"
+            with self.guard():
+                cls = type(instance)
+                run.set_tags({"estimator_name": cls.__name__,
+                              "estimator_class": f"{cls.__module__}.{cls.__name__}"})
+                call_site = user_call_site()
+            self._local.sklearn_fit = (run, call_site)
+            try:
+                result = wrapped(*args, **kwargs)
+            finally:
+                self._local.sklearn_fit = None
+            with self.guard():
+                _remember_fitted(instance, run)
+            return result
+
+    def _on_train(self, wrapped, instance, args, kwargs):
+        return self._training(wrapped, args, kwargs, cv=False)
+
+    def _on_cv(self, wrapped, instance, args, kwargs):
+        return self._training(wrapped, args, kwargs, cv=True)
+
+    def _training(self, wrapped, args, kwargs, cv: bool):
+        sklearn_fit = getattr(self._local, "sklearn_fit", None)
+        if sklearn_fit is not None and not cv:  # the train call of an XGBModel.fit
+            self._local.sklearn_fit = None
+            return _Training(self, sklearn_fit[0], wrapped, cv, sklearn_fit[1]).call(args, kwargs)
+        if current_owner() is not None:
+            return wrapped(*args, **kwargs)
+        with outermost(self.name), self.fit_run() as run:
+            if run is None:
+                return wrapped(*args, **kwargs)
+            return _Training(self, run, wrapped, cv, user_call_site()).call(args, kwargs)
+
+
+class _Training:
+    """One logged ``train``/``cv`` call: params before, the callback during, the rest after."""
+
+    def __init__(self, integration: XGBoostIntegration, run: Run, function: Callable, cv: bool,
+                 call_site: str) -> None:
+        self.integration, self.run, self.function, self.cv = integration, run, function, cv
+        self.call_site = call_site
+        self.callback = None
+        self.unset: list[str] = []  # booster params given as None: logged after training
+
+    def call(self, args: tuple, kwargs: dict):
+        call_args, call_kwargs, bound, user_callbacks = args, kwargs, None, []
+        with self.integration.guard():
+            bound = _signature(self.function).bind(*args, **kwargs)
+            self._log_params(bound)
+            user_callbacks = list(bound.arguments.get("callbacks") or ())
+            callback = self.integration.callback_class(self.integration, self.run, self.cv)
+            # first, so that a callback that stops training cannot keep it from the last point
+            bound.arguments["callbacks"] = [callback, *user_callbacks]
+            call_args, call_kwargs = bound.args, bound.kwargs
+            self.callback = callback
+        try:
+            result = self.function(*call_args, **call_kwargs)
+        except BaseException:
+            if self.unset:
+                with self.integration.guard():
+                    self._log({key: None for key in self.unset})
+            raise
+        if self.callback is not None:
+            with self.integration.guard():
+                self._after(result, bound, user_callbacks)
+        return result
+
+    def _log(self, params: dict[str, Any]) -> None:
+        self.run.log_autolog_params(params, self.integration.name, self.call_site)
+
+    def _log_params(self, bound: inspect.BoundArguments) -> None:
+        booster_params = _as_dict(bound.arguments.get("params"))
+        self.unset = [key for key, value in booster_params.items() if value is None]
+        self._log({key: value for key, value in booster_params.items() if value is not None})
+        self._log({name: bound.arguments.get(name, parameter.default)
+                   for name, parameter in bound.signature.parameters.items()
+                   if name not in _NOT_PARAMS})
+
+    def _after(self, result: Any, bound: inspect.BoundArguments, user_callbacks: list) -> None:
+        import xgboost
+
+        booster = None if self.cv else result
+        if self.unset:
+            resolved = _effective_params(booster, self.unset) if booster is not None else {}
+            self._log({key: resolved.get(key) for key in self.unset})
+            if resolved:
+                self.run.set_tags({FROM_BOOSTER_TAG: ", ".join(sorted(resolved))})
+        early_stopping = bound.arguments.get("early_stopping_rounds") or any(
+            isinstance(callback, xgboost.callback.EarlyStopping) for callback in user_callbacks)
+        if early_stopping:
+            best = self.callback.best_iteration if self.cv else getattr(booster, "best_iteration", None)
+            self._log_best_iteration(best)
+        if booster is not None:
+            tags = {}
+            for kind in self.integration.options["importance_types"] or ():
+                importance = _importance(booster, kind)
+                if importance is not None:
+                    tags[f"feature_importance_{kind}"] = importance
+            if tags:
+                self.run.set_tags(tags)
+
+    def _log_best_iteration(self, best: int | None) -> None:
+        callback = self.callback
+        if callback.last_epoch is None:
+            return
+        log = self.run.log_metric
+        log("stopped_iteration", callback.last_epoch)
+        if best is None:
+            return
+        log("best_iteration", best)
+        index = best - callback.first_epoch
+        step = callback.last_epoch + 1
+        for key, values in callback.series():
+            if 0 <= index < len(values):
+                callback.log_point(key, values[index], step)
+
+
+def _callback_class(xgboost: ModuleType) -> type:
+    """The ``TrainingCallback`` that logs every eval metric at every iteration."""
+
+    class AutologCallback(xgboost.callback.TrainingCallback):
+        def __init__(self, integration: XGBoostIntegration, run: Run, cv: bool) -> None:
+            super().__init__()
+            self.integration, self.run, self.cv = integration, run, cv
+            self.first_epoch: int | None = None
+            self.last_epoch: int | None = None
+            self.best_iteration: int | None = None
+            self.history: dict = {}
+            self._keys: dict[tuple[str, str], str] = {}
+
+        def after_iteration(self, model, epoch: int, evals_log: dict) -> bool:
+            with self.integration.guard():
+                if self.first_epoch is None:
+                    self.first_epoch = epoch
+                self.last_epoch = epoch
+                self.history = evals_log
+                for key, values in self.series():
+                    self.log_point(key, values[-1], epoch)
+            return False
+
+        def after_training(self, model):
+            if self.cv:  # xgboost.cv returns no booster: read early stopping's result here
+                with self.integration.guard():
+                    try:
+                        self.best_iteration = int(model.best_iteration)
+                    except (AttributeError, TypeError, ValueError):
+                        self.best_iteration = None  # no early stopping in this run
+            return model
+
+        def series(self):
+            """``(metric key, values so far)`` for every eval set and metric."""
+            keys = self._keys
+            for data, metrics in self.history.items():
+                for metric, values in metrics.items():
+                    key = keys.get((data, metric))
+                    if key is None:
+                        key = keys[(data, metric)] = f"{data}-{metric}".replace("@", "_at_")
+                    yield key, values
+
+        def log_point(self, key: str, value: Any, step: int) -> None:
+            if self.cv:  # (mean, std)
+                self.run.log_metric(f"{key}-mean", value[0], step)
+                self.run.log_metric(f"{key}-std", value[1], step)
+            else:
+                self.run.log_metric(key, value, step)
+
+    return AutologCallback
+
+
+_signatures: dict[Callable, inspect.Signature] = {}
+
+
+def _signature(function: Callable) -> inspect.Signature:
+    signature = _signatures.get(function)
+    if signature is None:
+        signature = _signatures[function] = inspect.signature(function)
+    return signature
+
+
+def _as_dict(params: Any) -> dict[str, Any]:
+    """Booster params as a dict; a list of pairs may repeat a key (``eval_metric``)."""
+    if params is None:
+        return {}
+    if isinstance(params, dict):
+        return dict(params)
+    merged: dict[str, Any] = {}
+    for key, value in params:
+        if key in merged:
+            previous = merged[key]
+            merged[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
+        else:
+            merged[key] = value
+    return merged
+
+
+def _effective_params(booster: Any, keys: list[str]) -> dict[str, Any]:
+    """The values the booster used for ``keys``, from its saved config."""
+    config = json.loads(booster.save_config())
+    learner = config.get("learner", {})
+    found: dict[str, Any] = {}
+    metrics = [m.get("name") for m in learner.get("metrics", []) if isinstance(m, dict)]
+    if metrics:
+        found["eval_metric"] = metrics[0] if len(metrics) == 1 else metrics
+    _collect_leaves(config, found)
+    resolved = {}
+    for key in keys:
+        value = found.get(key)
+        if value is not None and value != "":
+            resolved[key] = _readable(value)
+    return resolved
+
+
+def _collect_leaves(node: Any, found: dict[str, Any]) -> None:
+    """Every ``name: "value"`` of the config, the first occurrence of each name winning."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, str):
+                found.setdefault(key, value)
+            else:
+                _collect_leaves(value, found)
+    elif isinstance(node, list):
+        for item in node:
+            _collect_leaves(item, found)
+
+
+def _readable(value: Any) -> Any:
+    """A config string as the number it means: ``"6"`` as 6, ``"[5.05E-1]"`` (a one-element
+    vector) as 0.505, and ``"0.300000012"`` (a float32 printed with 9 digits) as 0.3."""
+    import numpy
+
+    if not isinstance(value, str):
+        return value
+    text = value[1:-1] if value.startswith("[") and value.endswith("]") and "," not in value else value
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return value
+    digits = re.split("[eE]", text)[0].lstrip("+-").replace(".", "").lstrip("0")
+    return float(str(numpy.float32(number))) if len(digits) <= 9 else number
+
+
+def _importance(booster: Any, kind: str) -> str | None:
+    """``booster.get_score(importance_type=kind)`` as JSON, most important first, with the
+    least important features left out when the whole would exceed a tag's size."""
+    try:
+        scores = booster.get_score(importance_type=kind)
+    except Exception:  # noqa: BLE001 - a type this booster has not (gblinear has no "gain")
+        return None
+    if not scores:
+        return None
+    pieces = [f"{json.dumps(name)}: {json.dumps(float(value))}"
+              for name, value in sorted(scores.items(), key=lambda item: -item[1])]
+    size, kept = 2, 0
+    for piece in pieces:
+        size += len(piece) + (2 if kept else 0)
+        if size > MAX_TAG_VALUE_LENGTH:
+            break
+        kept += 1
+    return "{" + ", ".join(pieces[:kept]) + "}"
+
+
+def _remember_fitted(model: Any, run: Run) -> None:
+    from autolog_integrations.sklearn_autolog import remember_fitted
+
+    remember_fitted(model, run)
+
