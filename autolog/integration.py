@@ -173,7 +173,7 @@ class Registry:
                     if integration.enabled or integration.patched_modules:
                         integration.disable()
                     continue
-                integration.options.update(options)
+                integration.options = {**integration.default_options, **options}  # per call, as MLflow
                 integration.enabled = True
                 for module in integration.modules:
                     if module in sys.modules:
