@@ -29,7 +29,7 @@ def train_xgboost(X, y, X_test, y_test) -> None:
 
     train, test = xgb.DMatrix(X, label=y), xgb.DMatrix(X_test, label=y_test)
     xgb.train({"objective": "binary:logistic", "eval_metric": "logloss", "max_depth": 3},
-              train, num_boost_round=20, evals=[(test, "test")])  # one point per round
+              train, num_boost_round=20, evals=[(test, "test")], verbose_eval=False)
 
 
 def train_lightning(X, y) -> None:
