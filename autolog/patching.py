@@ -84,7 +84,11 @@ def guard(integration: str) -> Iterator[None]:
             )
 
 
-_owner = threading.local()
+class _Owner(threading.local):
+    name: str | None = None  # a class default: no AttributeError raised per lookup
+
+
+_owner = _Owner()
 
 
 def current_owner() -> str | None:

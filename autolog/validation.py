@@ -170,16 +170,32 @@ def to_floats(values: list) -> list[float | None]:
         except (TypeError, ValueError, OverflowError):
             pass
     for indexes in by_device.values():
-        import torch  # imported already: a tensor exists
-
         try:
-            stacked = torch.stack([values[i].detach().reshape(()).double() for i in indexes])
-            converted = stacked.tolist()
-        except (RuntimeError, TypeError):  # mixed shapes or dtypes: one at a time
+            converted = _stacked([values[i] for i in indexes])
+        except (RuntimeError, TypeError):  # one at a time
             converted = [_try_float(values[i]) for i in indexes]
         for index, number in zip(indexes, converted):
             floats[index] = number
     return floats
+
+
+def _stacked(tensors: list) -> list[float]:
+    """One device's scalar tensors as floats, in one transfer. They are stacked as they
+    are, per dtype and shape, so there is no torch op per value (each would cost the
+    writer a dispatch and a GIL release, and the training thread the GIL back)."""
+    import torch  # imported already: a tensor exists
+
+    groups: dict[tuple, list[int]] = {}
+    for position, tensor in enumerate(tensors):
+        groups.setdefault((tensor.dtype, tensor.shape), []).append(position)
+    with torch.no_grad():
+        parts = [torch.stack([tensors[p] for p in positions]).reshape(-1).double()
+                 for positions in groups.values()]
+        flat = (parts[0] if len(parts) == 1 else torch.cat(parts)).tolist()
+    converted = [0.0] * len(tensors)
+    for position, number in zip((p for positions in groups.values() for p in positions), flat):
+        converted[position] = number
+    return converted
 
 
 def _try_float(value: object) -> float | None:

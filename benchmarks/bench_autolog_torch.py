@@ -1,0 +1,255 @@
+"""What autologging adds to PyTorch and Lightning training, beside MLflow's autolog.
+
+    python benchmarks/bench_autolog_torch.py           # full run, rewrites its RESULTS.md section
+    python benchmarks/bench_autolog_torch.py --quick   # fewer rounds, prints only
+
+Two workloads, each timed in one process with no autolog, with ``autolog.autolog()`` and
+with ``mlflow.pytorch.autolog()`` (SQLite stores in a temp dir, runs ended and flushed
+inside the timing), the three modes interleaved round by round and the median kept:
+
+* Lightning: an MLP on 20,000 x 20, batch 64, 2 epochs (626 steps), ``self.log`` of the
+  loss every step; no logger, progress bar or checkpointing, so the loop itself is all
+  there is to add to.
+* plain PyTorch: 10,000 steps of an MLP on pre-sliced batches of 64 (no DataLoader), the
+  cheapest step there is, so the most sensitive to a per-step cost. MLflow's autolog
+  captures nothing from such a loop; its column is there to show it adds nothing either.
+
+Target: autolog adds at most 3 % to either workload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import machine, write_section  # noqa: E402
+
+TARGET = 0.03
+MODES = ("none", "autolog", "mlflow")
+ROWS, FEATURES, BATCH = 20_000, 20, 64
+LIGHTNING_EPOCHS = 2
+TORCH_STEPS = 10_000
+
+
+def data():
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(ROWS, FEATURES, generator=generator)
+    return x, (x[:, :5].sum(1, keepdim=True) > 0).float()
+
+
+def mlp():
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(FEATURES, 64), torch.nn.ReLU(),
+                               torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+
+
+def lightning_workload():
+    import lightning.pytorch as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class MLP(L.LightningModule):
+        def __init__(self, lr: float = 0.01):
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = mlp()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(self.net(x), y)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+    x, y = data()
+    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+
+    def fit(root: str) -> None:
+        trainer = L.Trainer(max_epochs=LIGHTNING_EPOCHS, logger=False, enable_progress_bar=False,
+                            enable_checkpointing=False, enable_model_summary=False,
+                            default_root_dir=root)
+        trainer.fit(MLP(), loader)
+
+    return fit
+
+
+def torch_workload():
+    import torch
+
+    x, y = data()
+    batches = list(zip(x.split(BATCH), y.split(BATCH)))
+
+    def train(_root: str) -> None:
+        model = mlp()
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
+        for step in range(TORCH_STEPS):
+            batch_x, batch_y = batches[step % len(batches)]
+            optimizer.zero_grad()
+            loss_fn(model(batch_x), batch_y).backward()
+            optimizer.step()
+
+    return train
+
+
+class Modes:
+    """Switches autologging between none, autolog and MLflow's autolog in this process."""
+
+    def __init__(self, root: Path):
+        import mlflow
+
+        import autolog
+
+        self.autolog, self.mlflow, self.root = autolog, mlflow, root
+        autolog.set_tracking_uri(f"sqlite:///{root / 'autolog.db'}")
+        autolog.set_experiment("bench")
+        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+        mlflow.set_experiment("bench")
+
+    def run(self, mode: str, workload, wrap_in_run: bool) -> tuple[float, float]:
+        """Wall and CPU time (all threads) of one workload call in ``mode``."""
+        autolog, mlflow = self.autolog, self.mlflow
+        if mode == "autolog":
+            autolog.autolog()
+        elif mode == "mlflow":
+            mlflow.pytorch.autolog(log_models=False, checkpoint=False, silent=True)
+        gc.collect()
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            if wrap_in_run and mode == "autolog":
+                with autolog.start_run():
+                    workload(str(self.root))
+            elif wrap_in_run and mode == "mlflow":
+                with mlflow.start_run():
+                    workload(str(self.root))
+            else:
+                workload(str(self.root))
+            return time.perf_counter() - wall, time.process_time() - cpu
+        finally:
+            autolog.autolog(disable=True)
+            mlflow.pytorch.autolog(disable=True)
+
+    def points(self, mode: str) -> int:
+        """Metric points stored by the latest run of ``mode``."""
+        if mode == "autolog":
+            run = self.autolog.search_runs("bench", max_results=1)[0]
+            return sum(len(self.autolog.get_metric_history(run.info.run_id, key))
+                       for key in run.metrics)
+        if mode == "mlflow":
+            client = self.mlflow.MlflowClient()
+            run = self.mlflow.search_runs(experiment_names=["bench"], max_results=1,
+                                          output_format="list")[0]
+            return sum(len(client.get_metric_history(run.info.run_id, key))
+                       for key in run.data.metrics)
+        return 0
+
+
+class Result:
+    def __init__(self) -> None:
+        self.wall: dict[str, list[float]] = {mode: [] for mode in MODES}
+        self.cpu: dict[str, list[float]] = {mode: [] for mode in MODES}
+        self.points: dict[str, int] = {}
+
+    def median(self, mode: str, cpu: bool = False) -> float:
+        return statistics.median((self.cpu if cpu else self.wall)[mode])
+
+    def added(self, mode: str, cpu: bool = False) -> float:
+        """Median over rounds of (time in ``mode``) / (time with none in the same round) - 1:
+        the modes of one round ran back to back, under the same load."""
+        times = self.cpu if cpu else self.wall
+        return statistics.median(t / base for t, base in zip(times[mode], times["none"])) - 1
+
+
+def measure(modes: Modes, workload, rounds: int, wrap_in_run: bool) -> Result:
+    for mode in MODES:  # warm-up: imports, store schemas, first-call costs
+        modes.run(mode, workload, wrap_in_run)
+    result = Result()
+    for round_ in range(rounds):
+        order = MODES[round_ % 3:] + MODES[:round_ % 3]  # no mode always runs first
+        for mode in order:
+            wall, cpu = modes.run(mode, workload, wrap_in_run)
+            result.wall[mode].append(wall)
+            result.cpu[mode].append(cpu)
+            if round_ == 0:
+                result.points[mode] = modes.points(mode)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds, print only")
+    args = parser.parse_args()
+    rounds = 3 if args.quick else 9
+
+    import logging
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "pytorch_lightning", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+
+    workloads = [
+        (f"Lightning MLP, {ROWS:,}×{FEATURES}, batch {BATCH}, {LIGHTNING_EPOCHS} epochs, "
+         "`self.log` per step", lightning_workload(), False),
+        (f"plain PyTorch loop, {TORCH_STEPS:,} steps, batch {BATCH}", torch_workload(), True),
+    ]
+    rows, checks = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        modes = Modes(Path(tmp))
+        for name, workload, wrap_in_run in workloads:
+            result = measure(modes, workload, rounds, wrap_in_run)
+            ours, theirs = result.added("autolog"), result.added("mlflow")
+            ratio = statistics.median(a / m for a, m in zip(result.wall["autolog"],
+                                                             result.wall["mlflow"]))
+            rows.append(
+                f"| {name} | {result.median('none'):.2f} | {result.median('autolog'):.2f} | "
+                f"**{ours:+.1%}** | {result.added('autolog', cpu=True):+.1%} | "
+                f"{result.points['autolog']:,} | {result.median('mlflow'):.2f} | {theirs:+.1%} | "
+                f"{result.added('mlflow', cpu=True):+.1%} | {result.points['mlflow']:,} | "
+                f"{ratio:.2f}× |")
+            checks.append((ours <= TARGET, f"{name}: autolog adds {ours:+.1%} ≤ {TARGET:.0%}"))
+            print(rows[-1], flush=True)
+    table = "\n".join([
+        "| workload | none (s) | autolog (s) | added, wall | added, CPU | points "
+        "| MLflow autolog (s) | added, wall | added, CPU | points | autolog / MLflow, wall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ])
+    verdicts = "\n".join(f"- {'met' if ok else 'MISSED'}: {text}" for ok, text in checks)
+    report = (
+        "## PyTorch and Lightning autologging overhead (`bench_autolog_torch.py`)\n\n"
+        f"Machine: {machine()}; torch {torch.__version__}, CPU, 1 intra-op thread; load "
+        f"average {os.getloadavg()[0]:.1f} at the end. {rounds} rounds, the three modes "
+        "back to back in each (rotating order), in one process; runs ended and flushed "
+        "inside the timing. Times: medians. *added*: median over rounds of the ratio to the "
+        "same round's run without autologging, on wall time and on the CPU time of all "
+        "threads (writer included). *points*: metric points one run stored (MLflow's autolog "
+        "logs Lightning's values per epoch only, and nothing from a plain loop).\n\n"
+        f"{table}\n\nTargets:\n{verdicts}\n"
+    )
+    print(report)
+    if not args.quick:
+        write_section("bench_autolog_torch", report)
+    return 0 if all(ok for ok, _ in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

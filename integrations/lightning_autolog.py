@@ -1,0 +1,490 @@
+"""Autologging for PyTorch Lightning (integration ``lightning``; both the ``lightning``
+and the ``pytorch_lightning`` packages).
+
+``Trainer.fit`` is wrapped to add an autolog Callback for the length of the call (and
+take it out again afterwards); nothing inside the training loop is patched, no Logger is
+added, and the user's loggers see nothing different. What is logged, with MLflow's names
+where ``mlflow.pytorch.autolog`` logs the same thing:
+
+* params, before the fit: ``epochs`` (max_epochs), ``max_steps``, ``precision``,
+  ``accumulate_grad_batches``, ``gradient_clip_val`` and the Trainer's other settings
+  that shape training; EarlyStopping's ``monitor``, ``mode``, ``patience``,
+  ``min_delta``, ``stopped_epoch`` (as MLflow logs them); ModelCheckpoint's settings as
+  ``checkpoint.*``;
+* params, at ``on_fit_start``: ``optimizer_name`` and the optimizer's defaults (``lr``,
+  ...; a second optimizer as ``optimizer_1.*``), each LR scheduler as ``lr_scheduler.*``,
+  and the module's (and datamodule's) ``hparams``, nested keys joined with ``/``;
+* metrics: every value the module logs with ``self.log`` at its own step: step values
+  at ``global_step`` (``loss`` or, when also logged per epoch, ``loss_step``), once per
+  optimizer step; epoch values (``loss``, ``loss_epoch``, validation metrics) at the
+  epoch; the learning rate a step used (``lr``), when it changes; EarlyStopping's
+  ``stopped_epoch``, ``restored_epoch``, ``best_score``, ``wait_count`` when it stopped
+  training; the best checkpoint's ``checkpoint.best_model_score``, and its path as the
+  tag ``checkpoint.best_model_path``;
+* ``Trainer.validate``/``test``: the metrics they return, into the active run, or the run
+  of this Trainer's last fit, or a new run.
+
+Several ``fit`` calls in one run continue its step and epoch axes: a fit that starts
+behind what the run already has is offset to follow it (a Trainer that resumes, from
+itself or a checkpoint, is already ahead and is not).
+
+No device syncs: values are read as the tensors Lightning holds and converted to floats
+in the writer thread. Step values come from Lightning's per-step cache, not from
+``trainer.callback_metrics``, whose computation calls ``.item()`` on progress-bar
+values. Epoch values are read only after Lightning has computed them on every rank
+(right after the epoch-end hooks): rank 0 never starts a ``sync_dist`` reduction that the
+other ranks are not running at that moment (a hang, or a reduction paired with another
+collective), and values the module logs in its own ``on_*_epoch_end`` are included.
+
+Distributed: only global rank 0 gets a run and a logging callback; other ranks log
+nothing and call nothing collective. With a launcher that starts processes through
+multiprocessing (``ddp_spawn``, ``ddp_fork``) the training happens in those children,
+where autolog cannot log into the parent's run; the parent warns once and logs the
+Trainer's params only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import importlib
+import os
+import weakref
+from collections.abc import Iterator, Mapping
+from types import ModuleType
+from typing import Any
+
+from autolog_integrations.torch_autolog import LR, metric_key, optimizer_params, prefixed
+
+from autolog.config import warn
+from autolog.integration import Integration
+from autolog.patching import current_owner, outermost
+from autolog.run import Run, active_run
+from autolog.stores.base import FAILED, FINISHED, KILLED
+
+TRAINER_SETTINGS = (
+    "max_steps", "min_epochs", "min_steps", "precision", "accumulate_grad_batches",
+    "gradient_clip_val", "gradient_clip_algorithm", "val_check_interval",
+    "check_val_every_n_epoch", "limit_train_batches", "limit_val_batches", "num_nodes",
+    "num_devices",
+)
+EARLY_STOPPING_SETTINGS = ("monitor", "mode", "patience", "min_delta", "stopped_epoch")  # MLflow's
+CHECKPOINT_SETTINGS = ("monitor", "mode", "save_top_k", "save_last", "every_n_epochs",
+                       "save_weights_only")
+# attributes of a scheduler that are its state, not its settings
+SCHEDULER_STATE = frozenset(("optimizer", "base_lrs", "last_epoch", "verbose", "best",
+                             "num_bad_epochs", "cooldown_counter", "mode_worse"))
+_SCALARS = (int, float, str, bool, type(None))
+
+
+class _Axis:
+    """How far a run's step and epoch axes go, so that the next fit continues them."""
+
+    __slots__ = ("steps", "epochs")
+
+    def __init__(self) -> None:
+        self.steps = 0  # the highest step logged
+        self.epochs = 0  # one past the highest epoch logged
+
+
+class LightningIntegration(Integration):
+    name = "lightning"
+    modules = ("lightning.pytorch", "pytorch_lightning")
+    supported = ">=2.0"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._axes: weakref.WeakKeyDictionary[Run, _Axis] = weakref.WeakKeyDictionary()
+        # Trainer -> id of the run its last fit created, for a later validate/test
+        self._fit_runs: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+    def patch(self, module: ModuleType) -> None:
+        trainer = module.Trainer
+        self.patcher.wrap(trainer, "fit", functools.partial(self._on_fit, module))
+        for name in ("validate", "test"):
+            self.patcher.wrap(trainer, name, self._on_evaluate)
+
+    def unpatch(self) -> None:
+        self._axes = weakref.WeakKeyDictionary()
+        self._fit_runs = weakref.WeakKeyDictionary()
+
+    def axis(self, run: Run) -> _Axis:
+        axis = self._axes.get(run)
+        if axis is None:
+            axis = self._axes[run] = _Axis()
+        return axis
+
+    def _is_global_zero(self, trainer: Any) -> bool:
+        zero = False  # if it cannot be told, log nothing rather than log twice
+        with self.guard():
+            zero = trainer.is_global_zero
+        return zero
+
+    # -- fit --------------------------------------------------------------------------------
+
+    def _on_fit(self, package: ModuleType, wrapped, trainer, args, kwargs):
+        with outermost(self.name) as outer:  # also keeps the torch integration silent
+            if not outer or not self._is_global_zero(trainer):
+                return wrapped(*args, **kwargs)
+            before = active_run()
+            with self.fit_run() as run:
+                created = run is not None and run is not before
+                callback = None
+                if run is not None:
+                    with self.guard():
+                        callback = callback_class(package)(self, run, package.__name__)
+                        trainer.callbacks.append(callback)
+                    with self.guard():
+                        self._log_trainer(trainer, run)
+                try:
+                    result = wrapped(*args, **kwargs)
+                except SystemExit as exc:  # Lightning turns Ctrl-C into sys.exit(1)
+                    if created and isinstance(exc.__context__, KeyboardInterrupt):
+                        self._end(run, KILLED)
+                    raise
+                finally:
+                    if callback is not None:
+                        with self.guard():
+                            trainer.callbacks.remove(callback)
+                if created:
+                    self._fit_runs[trainer] = run.id
+                return result
+
+    def _log_trainer(self, trainer: Any, run: Run) -> None:
+        launcher = getattr(trainer.strategy, "launcher", None)
+        if launcher is not None and type(launcher).__name__ != "_SubprocessScriptLauncher":
+            warn(f"autolog (lightning): {type(trainer.strategy).__name__} trains in processes "
+                 "it starts through multiprocessing, which cannot log into this process's run; "
+                 "only the Trainer's params are logged (use strategy='ddp' for full logging)")
+        run.log_autolog_params(trainer_params(trainer), self.name)
+
+    # -- validate / test --------------------------------------------------------------------
+
+    def _on_evaluate(self, wrapped, trainer, args, kwargs):
+        with outermost(self.name) as outer:
+            if not outer or not self._is_global_zero(trainer):
+                return wrapped(*args, **kwargs)
+            with self._evaluation_run(trainer) as run:
+                results = wrapped(*args, **kwargs)
+                if run is not None:
+                    with self.guard():
+                        step = max(trainer.global_step, self.axis(run).steps)
+                        for metrics in results or ():
+                            for key, value in metrics.items():
+                                run.log_metric(metric_key(key), value, step)
+                return results
+
+    @contextlib.contextmanager
+    def _evaluation_run(self, trainer: Any) -> Iterator[Run | None]:
+        """The active run; else the run this Trainer's last fit created (resumed, so test
+        metrics land next to the training ones, as with MLflow); else a new run."""
+        run_id = self._fit_runs.get(trainer)
+        resumed = None
+        if run_id is not None and active_run() is None:
+            from autolog.api import start_run
+
+            with self.guard():
+                resumed = start_run(run_id=run_id)
+        if resumed is None:
+            with self.fit_run() as run:
+                yield run
+            return
+        try:
+            yield resumed
+        except KeyboardInterrupt:
+            self._end(resumed, KILLED)
+            raise
+        except BaseException:
+            self._end(resumed, FAILED)
+            raise
+        self._end(resumed, FINISHED)
+
+
+# -- params -------------------------------------------------------------------------------------
+
+
+def trainer_params(trainer: Any) -> dict[str, Any]:
+    """The Trainer's settings, EarlyStopping's (MLflow's names) and ModelCheckpoint's."""
+    params: dict[str, Any] = {"epochs": trainer.max_epochs}
+    params.update(_settings(trainer, TRAINER_SETTINGS))
+    params["strategy"] = type(trainer.strategy).__name__
+    early_stopping = trainer.early_stopping_callback
+    if early_stopping is not None:
+        params.update(_settings(early_stopping, EARLY_STOPPING_SETTINGS))
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None:
+        params.update(prefixed("checkpoint.", _settings(checkpoint, CHECKPOINT_SETTINGS)))
+        every_n_train_steps = getattr(checkpoint, "_every_n_train_steps", None)
+        if every_n_train_steps is not None:
+            params["checkpoint.every_n_train_steps"] = every_n_train_steps
+    return params
+
+
+def fit_params(trainer: Any, module: Any) -> dict[str, Any]:
+    """Optimizers, LR schedulers, then the (data)module's hparams."""
+    params: dict[str, Any] = {}
+    for index, optimizer in enumerate(trainer.optimizers):
+        optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer's
+        params.update(prefixed(f"optimizer_{index}." if index else "", optimizer_params(optimizer)))
+    for index, config in enumerate(trainer.lr_scheduler_configs):
+        prefix = f"lr_scheduler_{index}." if index else "lr_scheduler."
+        params[prefix + "name"] = type(config.scheduler).__name__
+        params.update(prefixed(prefix, scheduler_settings(config.scheduler)))
+        params[prefix + "interval"] = config.interval
+        params[prefix + "frequency"] = config.frequency
+        if config.monitor is not None:
+            params[prefix + "monitor"] = config.monitor
+    datamodule = getattr(trainer, "datamodule", None)
+    for source in (datamodule, module):
+        hparams = getattr(source, "hparams", None)
+        if hparams:
+            params.update(flatten(hparams))
+    return params
+
+
+def scheduler_settings(scheduler: Any) -> dict[str, Any]:
+    """A scheduler's public, plain-valued attributes that are settings, not state."""
+    return {
+        key: value for key, value in vars(scheduler).items()
+        if not key.startswith("_") and key not in SCHEDULER_STATE and _plain(value)
+    }
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(item, _SCALARS) for item in value)
+    return isinstance(value, _SCALARS)
+
+
+def flatten(params: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings (and argparse namespaces) as ``outer/inner`` keys."""
+    if isinstance(params, argparse.Namespace):
+        params = vars(params)
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, (Mapping, argparse.Namespace)) and value:
+            flat.update(flatten(value, name + "/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _settings(owner: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    missing = object()
+    values = {name: getattr(owner, name, missing) for name in names}
+    return {name: value for name, value in values.items() if value is not missing}
+
+
+# -- the callback ---------------------------------------------------------------------------------
+
+
+class _AutologCallback:
+    """Logs one fit of one Trainer into one run (see the module doc).
+
+    Active only in the process that created it and on global rank 0. A copy in another
+    process (pickled to a ``ddp_spawn`` child) logs nothing and only holds autolog's
+    ownership of the call there, so the torch integration stays silent too.
+    """
+
+    def __init__(self, integration: LightningIntegration | None, run: Run | None, package: str):
+        self._integration = integration
+        self._run = run
+        self._package = package
+        self._axis = integration.axis(run) if run is not None else None
+        self._pid = os.getpid()
+        self._active = False
+        self._silence: contextlib.AbstractContextManager | None = None
+        self._step_offset = self._epoch_offset = 0
+        self._last_step = 0
+        self._last_values: dict[str, Any] = {}  # per result: the tensor last logged
+        self._names: dict[str, str] = {}  # per result: its step metric's key
+        self._step_lrs: dict[Any, Any] = {}  # optimizer -> the lr its step used
+        self._last_lrs: dict[int, Any] = {}
+        self._train_epoch: tuple[int, dict[str, Any]] | None = None  # (epoch, snapshot)
+        self._validation: dict[str, Any] | None = None  # snapshot at validation start
+
+    def __reduce__(self):
+        return (silent_callback, (self._package,))
+
+    def _guard(self) -> contextlib.AbstractContextManager[None]:
+        return self._integration.guard()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._active = (self._run is not None and os.getpid() == self._pid
+                        and trainer.is_global_zero)
+        if not self._active and current_owner() is None:
+            self._silence = outermost(LightningIntegration.name)
+            self._silence.__enter__()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._release()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._silence is not None:
+            self._silence.__exit__(None, None, None)
+            self._silence = None
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._active:
+            with self._guard():
+                self._run.log_autolog_params(fit_params(trainer, pl_module),
+                                             LightningIntegration.name)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._active:  # after a checkpoint restored the trainer's progress
+            with self._guard():
+                axis = self._axis
+                self._last_step = trainer.global_step
+                self._step_offset = max(0, axis.steps - trainer.global_step)
+                self._epoch_offset = max(0, axis.epochs - trainer.current_epoch)
+
+    # -- steps (every hook here runs per step: try/except, no ``with`` block) ------------------
+
+    def _failed(self, exc: Exception) -> None:
+        with self._guard():
+            raise exc
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        if self._active:  # the lr this step uses, as set by then (schedulers move it on
+            try:  # before on_train_batch_end, warm-up code in optimizer_step just before)
+                self._step_lrs[optimizer] = optimizer.param_groups[0]["lr"]
+            except Exception as exc:  # noqa: BLE001 - reported by _failed
+                self._failed(exc)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._active:
+            try:
+                self._log_step(trainer)
+            except Exception as exc:  # noqa: BLE001 - reported by _failed
+                self._failed(exc)
+
+    def _log_step(self, trainer: Any) -> None:
+        step = trainer.global_step
+        if step == self._last_step:  # accumulating gradients: no optimizer step yet
+            return
+        self._last_step = step
+        step += self._step_offset
+        run, last, names = self._run, self._last_values, self._names
+        results = trainer._results
+        for key, result in results.valid_items() if results is not None else ():
+            if not result.meta.on_step:
+                continue
+            value = result._forward_cache  # the tensor self.log gave this step, as is
+            if value is None or last.get(key) is value:  # not logged again since
+                continue
+            last[key] = value
+            name = names.get(key)
+            if name is None:
+                name = names[key] = metric_key(result.meta.forked_name(True))
+            run.log_metric(name, value.detach() if value.requires_grad else value, step)
+        if self._step_lrs:
+            for index, optimizer in enumerate(trainer.optimizers):
+                lr = self._step_lrs.get(optimizer)
+                if type(lr) in (float, int) and lr != self._last_lrs.get(index):
+                    self._last_lrs[index] = lr
+                    run.log_metric(f"optimizer_{index}.{LR}" if index else LR, lr, step)
+            self._step_lrs.clear()
+        axis = self._axis
+        if step > axis.steps:
+            axis.steps = step
+
+    # -- epochs -------------------------------------------------------------------------------
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._active:  # the values are computed after this hook; log them at the next
+            with self._guard():
+                self._train_epoch = (trainer.current_epoch, dict(_callback_metrics(trainer)))
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._active:
+            with self._guard():
+                self._log_train_epoch(trainer)
+
+    def _log_train_epoch(self, trainer: Any) -> None:
+        if self._train_epoch is not None:
+            epoch, before = self._train_epoch
+            self._train_epoch = None
+            self._log_changed(trainer, before, epoch)
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._active and not trainer.sanity_checking:
+            with self._guard():
+                self._validation = dict(_callback_metrics(trainer))
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._active and self._validation is not None:
+            with self._guard():
+                before, self._validation = self._validation, None
+                self._log_changed(trainer, before, trainer.current_epoch)
+
+    def _log_changed(self, trainer: Any, before: dict[str, Any], epoch: int) -> None:
+        """Log, at ``epoch``, the callback metrics Lightning has set since ``before``."""
+        step = epoch + self._epoch_offset
+        for key, value in _callback_metrics(trainer).items():
+            if before.get(key) is not value:
+                self._run.log_metric(metric_key(key), value, step)
+        axis = self._axis
+        if step + 1 > axis.epochs:
+            axis.epochs = step + 1
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self._active:
+            return
+        with self._guard():
+            self._log_train_epoch(trainer)
+            step = max(self._axis.epochs - 1, 0)
+            early_stopping = trainer.early_stopping_callback
+            if early_stopping is not None and early_stopping.stopped_epoch:
+                self._run.log_metrics(early_stopping_metrics(early_stopping), step)
+            checkpoint = trainer.checkpoint_callback
+            path = getattr(checkpoint, "best_model_path", None)
+            if path:
+                self._run.set_tags({"checkpoint.best_model_path": path})
+            score = getattr(checkpoint, "best_model_score", None)
+            if score is not None:
+                self._run.log_metric("checkpoint.best_model_score", score, step)
+
+
+def early_stopping_metrics(early_stopping: Any) -> dict[str, Any]:
+    """What MLflow logs when EarlyStopping stopped the training, under its names."""
+    stopped = early_stopping.stopped_epoch
+    return {
+        "stopped_epoch": stopped,
+        "restored_epoch": stopped - max(1, early_stopping.patience),
+        "best_score": early_stopping.best_score,
+        "wait_count": early_stopping.wait_count,
+    }
+
+
+def _callback_metrics(trainer: Any) -> dict[str, Any]:
+    """Lightning's own dict of callback metrics, read without the property, which would
+    compute (and sync) values on this rank alone."""
+    return trainer._logger_connector._callback_metrics
+
+
+_callback_classes: dict[str, type] = {}
+
+
+def callback_class(package: ModuleType) -> type:
+    """The autolog Callback as a subclass of ``package.Callback`` (one per package)."""
+    cls = _callback_classes.get(package.__name__)
+    if cls is None:
+        cls = type("AutologCallback", (_AutologCallback, package.Callback),
+                   {"__module__": __name__, "__doc__": _AutologCallback.__doc__})
+        _callback_classes[package.__name__] = cls
+    return cls
+
+
+def silent_callback(package: str) -> Any:
+    """What an autolog callback becomes when pickled into another process."""
+    return callback_class(importlib.import_module(package))(None, None, package)

@@ -1,0 +1,348 @@
+"""Autologging for plain PyTorch training loops (integration ``torch``).
+
+A plain loop has no ``fit`` call to wrap, so the integration listens where every loop
+passes:
+
+* ``loss.backward()`` (``torch.Tensor.backward`` is wrapped): the scalar is kept as a
+  *detached tensor*, with no ``.item()`` and no device sync; several backward calls
+  before one step (gradient accumulation, LBFGS closures) are averaged with tensor ops,
+  which are queued on the device like the rest of the step. Under ``GradScaler`` the
+  unscaled loss is kept, not the scaled one.
+* ``optimizer.step()`` (a global optimizer step hook, so no optimizer class is patched):
+  each call advances the run's step counter, like Lightning's ``global_step``; the loss
+  kept since the previous step is logged as ``train_loss`` at the new step (1, 2, ...),
+  and the optimizer's ``lr`` (first param group) whenever it differs from the last one
+  logged. The writer thread converts the tensors to floats.
+* Optimizer construction (``torch.optim.Optimizer.__init__`` is wrapped) logs
+  ``optimizer_name``, the optimizer's ``defaults`` (``lr``, ``momentum``, ``betas``,
+  ``weight_decay``, ...: the names MLflow's Lightning autolog uses) and
+  ``num_trainable_params``. A second optimizer with other settings in the same run (a
+  GAN) gets the prefix ``optimizer_1.``, and so on.
+* ``SummaryWriter.add_scalar``/``add_scalars``/``add_hparams`` become metrics (at the
+  writer's ``global_step``, 0 when none) and params. ``add_scalars("loss", {"train": x})``
+  is logged as ``loss/train``.
+
+Which run: the active run; with none, the first optimizer step (or SummaryWriter call)
+starts one tagged ``autolog.integration=torch`` (not the optimizer's construction, so
+building an optimizer that never steps, to load a checkpoint say, starts no run). A
+plain loop has no end that autolog could see, so that run stays the active run, as
+MLflow's implicit runs do, and ends when the process exits: FINISHED, or FAILED after an
+uncaught exception (the core's exit handler); ``autolog.end_run()`` ends it sooner. Open
+a run with ``autolog.start_run()`` to bound it yourself. An optimizer created outside any
+run logs its params into the run it first steps in.
+
+Silence: inside any other autologged call (a Lightning ``fit``) this integration logs
+nothing, so nothing is logged twice; under ``torch.distributed`` (or ``torchrun``'s
+``RANK``) only rank 0 logs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import weakref
+from types import ModuleType
+from typing import Any
+
+from autolog.integration import INTEGRATION_TAG, Integration
+from autolog.patching import current_owner
+from autolog.run import Run, active_run
+
+TRAIN_LOSS = "train_loss"
+LR = "lr"
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0 (or not distributed at all)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"  # torchrun sets RANK before init_process_group
+
+
+def optimizer_params(optimizer: Any) -> dict[str, Any]:
+    """``optimizer_name``, the optimizer's defaults and its number of trainable params."""
+    params: dict[str, Any] = {"optimizer_name": type(optimizer).__name__}
+    params.update(getattr(optimizer, "defaults", {}))
+    params["num_trainable_params"] = sum(
+        p.numel() for group in optimizer.param_groups for p in group["params"] if p.requires_grad
+    )
+    return params
+
+
+def prefixed(prefix: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}{key}": value for key, value in params.items()} if prefix else params
+
+
+_INVALID_KEY_CHARACTERS = re.compile(r"[^/\w.\- :]")
+_metric_keys: dict[str, str] = {}
+
+
+def metric_key(tag: object) -> str:
+    """A TensorBoard tag as a valid metric key (other characters become ``_``)."""
+    text = str(tag)
+    key = _metric_keys.get(text)
+    if key is None:
+        parts = _INVALID_KEY_CHARACTERS.sub("_", text).split("/")
+        parts = [("_" if part in (".", "..") else part) for part in parts if part]
+        key = "/".join(parts) or "_"
+        if len(_metric_keys) < 10_000:
+            _metric_keys[text] = key
+    return key
+
+
+class _PerThread(threading.local):
+    """What one thread holds between backward and step. Class-level defaults: a missing
+    thread-local attribute would cost a raised and caught AttributeError per step."""
+
+    loss: Any = None  # the detached loss (or the sum of several) since the last step
+    count = 0  # how many backward calls that sum holds
+    scaled: tuple[int, Any] | None = None  # (id of GradScaler's output, the unscaled loss)
+
+
+class _OptimizerState:
+    __slots__ = ("lr_key", "last_lr")
+
+    def __init__(self, lr_key: str):
+        self.lr_key = lr_key
+        self.last_lr: object = None
+
+
+class _Loop:
+    """What the integration knows about one run: its step counter and its optimizers."""
+
+    def __init__(self, run: Run | None, log: bool):
+        self.run = run
+        self.log = log  # False on ranks other than 0: everything is skipped
+        self.step = 0
+        self.optimizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.configs: list[dict[str, str]] = []  # distinct optimizer settings, by index
+        # the optimizer stepped last, weakly: its state may be as big as the model
+        self.last: tuple[weakref.ref, _OptimizerState] | None = None
+
+    def state(self, optimizer: Any) -> _OptimizerState:
+        last = self.last
+        if last is not None and last[0]() is optimizer:
+            return last[1]
+        state = self.optimizers.get(optimizer)
+        if state is None:
+            state = self.register(optimizer)
+        self.last = (weakref.ref(optimizer), state)
+        return state
+
+    def register(self, optimizer: Any) -> _OptimizerState:
+        """Log the optimizer's params (prefixed when it is not the run's first setting)."""
+        params = optimizer_params(optimizer)
+        config = {key: str(value) for key, value in params.items()}
+        if config in self.configs:
+            index = self.configs.index(config)
+        else:
+            index = len(self.configs)
+            self.configs.append(config)
+        prefix = f"optimizer_{index}." if index else ""
+        state = _OptimizerState(prefix + LR)
+        self.optimizers[optimizer] = state
+        self.run.log_autolog_params(prefixed(prefix, params), TorchIntegration.name)
+        return state
+
+
+class TorchIntegration(Integration):
+    name = "torch"
+    modules = ("torch", "torch.utils.tensorboard.writer")
+    supported = ">=2.0"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = _PerThread()
+        self._loops: weakref.WeakKeyDictionary[Run, _Loop] = weakref.WeakKeyDictionary()
+        self._cached: _Loop | None = None  # the loop of the run last seen active
+        self._step_hook = None
+
+    # -- patches ------------------------------------------------------------------------------
+
+    def patch(self, module: ModuleType) -> None:
+        if module.__name__ == "torch":
+            self._patch_torch(module)
+        else:
+            self._patch_tensorboard(module)
+
+    def _patch_torch(self, torch: ModuleType) -> None:
+        from torch.amp.grad_scaler import GradScaler
+        from torch.optim.optimizer import Optimizer, register_optimizer_step_post_hook
+
+        self.patcher.wrap(torch.Tensor, "backward", self._on_backward)
+        self.patcher.wrap(GradScaler, "scale", self._on_scale)
+        self.patcher.wrap(Optimizer, "__init__", self._on_optimizer_init)
+        if self._step_hook is None:
+            self._step_hook = register_optimizer_step_post_hook(self._on_step)
+
+    def _patch_tensorboard(self, writer_module: ModuleType) -> None:
+        writer = writer_module.SummaryWriter
+        self.patcher.wrap(writer, "add_scalar", self._on_add_scalar)
+        self.patcher.wrap(writer, "add_scalars", self._on_add_scalars)
+        self.patcher.wrap(writer, "add_hparams", self._on_add_hparams)
+
+    def unpatch(self) -> None:
+        if self._step_hook is not None:
+            self._step_hook.remove()
+            self._step_hook = None
+        self._loops = weakref.WeakKeyDictionary()
+        self._cached = None
+        self._local = _PerThread()
+
+    # -- which run ----------------------------------------------------------------------------
+
+    def _loop(self, create: bool) -> _Loop | None:
+        """The loop of the active run; with no active run, a new run's when ``create`` (on
+        rank 0), else None."""
+        run = active_run()
+        cached = self._cached
+        if cached is not None and cached.run is run:
+            return cached
+        if run is None:
+            if not create:
+                return None
+            if not is_rank_zero():
+                loop = self._cached = _Loop(None, log=False)
+                return loop
+            from autolog.api import start_run
+
+            run = start_run(tags={INTEGRATION_TAG: self.name})
+        loop = self._loops.get(run)
+        if loop is None:
+            loop = self._loops[run] = _Loop(run, log=is_rank_zero())
+        self._cached = loop
+        return loop
+
+    def _failed(self, exc: Exception) -> None:
+        """Report an error of autolog's own code the way the guard does (warning; strict:
+        raise). Used where a ``with`` block would cost too much per step."""
+        with self.guard():
+            raise exc
+
+    # -- the hot path: backward and step ------------------------------------------------------
+
+    def _on_backward(self, wrapped, instance, args, kwargs):
+        result = wrapped(*args, **kwargs)
+        if current_owner() is None:  # after the backward: detaching is cheaper once the
+            try:  # graph is freed, and a backward that raised has no loss to record
+                self._keep_loss(instance)
+            except Exception as exc:  # noqa: BLE001 - reported by _failed
+                self._failed(exc)
+        return result
+
+    def _keep_loss(self, loss: Any) -> None:
+        if loss.numel() != 1:  # backward(gradient=...) of a non-scalar: not a loss
+            return
+        local = self._local
+        scaled = local.scaled
+        if scaled is not None and scaled[0] == id(loss):
+            value = scaled[1]  # GradScaler: keep the unscaled loss
+            local.scaled = None
+        else:
+            value = loss.detach()
+        pending = local.loss
+        if pending is None:
+            local.loss, local.count = value, 1
+        else:
+            local.loss, local.count = pending + value, local.count + 1
+
+    def _on_scale(self, wrapped, instance, args, kwargs):
+        scaled = wrapped(*args, **kwargs)
+        if current_owner() is None:
+            try:
+                outputs = args[0] if args else kwargs["outputs"]
+                if getattr(outputs, "numel", None) is not None and outputs.numel() == 1:
+                    self._local.scaled = (id(scaled), outputs.detach())
+            except Exception as exc:  # noqa: BLE001 - reported by _failed
+                self._failed(exc)
+        return scaled
+
+    def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if current_owner() is not None:
+            return
+        try:
+            self._after_step(optimizer)
+        except Exception as exc:  # noqa: BLE001 - reported by _failed
+            self._failed(exc)
+
+    def _after_step(self, optimizer: Any) -> None:
+        local = self._local
+        loss = local.loss
+        local.loss = None
+        loop = self._loop(create=True)
+        if loop is None or not loop.log:
+            return
+        run = loop.run
+        loop.step = step = loop.step + 1
+        if loss is not None:
+            count = local.count
+            run.log_metric(TRAIN_LOSS, loss if count == 1 else loss / count, step)
+        state = loop.state(optimizer)
+        lr = optimizer.param_groups[0]["lr"]
+        if type(lr) in (float, int) and lr != state.last_lr:  # comparing a tensor lr would sync
+            state.last_lr = lr
+            run.log_metric(state.lr_key, lr, step)
+
+    def _on_optimizer_init(self, wrapped, instance, args, kwargs):
+        result = wrapped(*args, **kwargs)
+        if current_owner() is None:
+            with self.guard():
+                loop = self._loop(create=False)  # with no run yet: at its first step
+                if loop is not None and loop.log and instance not in loop.optimizers:
+                    loop.register(instance)
+        return result
+
+    # -- TensorBoard --------------------------------------------------------------------------
+
+    def _writer_loop(self) -> _Loop | None:
+        if current_owner() is not None:  # e.g. Lightning's TensorBoardLogger inside a fit
+            return None
+        loop = self._loop(create=True)
+        return loop if loop is not None and loop.log else None
+
+    def _on_add_scalar(self, wrapped, instance, args, kwargs):
+        result = wrapped(*args, **kwargs)
+        with self.guard():
+            loop = self._writer_loop()
+            if loop is not None:
+                call = _bind(("tag", "scalar_value", "global_step", "walltime"), args, kwargs)
+                self._log_scalar(loop.run, metric_key(call["tag"]), call)
+        return result
+
+    def _on_add_scalars(self, wrapped, instance, args, kwargs):
+        result = wrapped(*args, **kwargs)
+        with self.guard():
+            loop = self._writer_loop()
+            if loop is not None:
+                call = _bind(("main_tag", "tag_scalar_dict", "global_step", "walltime"), args, kwargs)
+                for tag, value in call["tag_scalar_dict"].items():
+                    key = metric_key(f"{call['main_tag']}/{tag}")
+                    self._log_scalar(loop.run, key, {**call, "scalar_value": value})
+        return result
+
+    @staticmethod
+    def _log_scalar(run: Run, key: str, call: dict[str, Any]) -> None:
+        step = call.get("global_step")
+        walltime = call.get("walltime")
+        timestamp = None if walltime is None else int(walltime * 1000)
+        run.log_metric(key, call["scalar_value"], 0 if step is None else int(step), timestamp)
+
+    def _on_add_hparams(self, wrapped, instance, args, kwargs):
+        # the metric_dict reaches add_scalar inside add_hparams, so only params are left
+        result = wrapped(*args, **kwargs)
+        with self.guard():
+            loop = self._writer_loop()
+            if loop is not None:
+                hparams = _bind(("hparam_dict",), args, kwargs)["hparam_dict"]
+                loop.run.log_autolog_params(dict(hparams), self.name)
+        return result
+
+
+def _bind(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The leading arguments of a call by name (SummaryWriter's own parameter names)."""
+    bound = dict(zip(names, args))
+    bound.update((name, kwargs[name]) for name in names if name in kwargs)
+    return bound
