@@ -37,6 +37,24 @@ def median_time(function, rounds: int) -> float:
     return statistics.median(times)
 
 
+def mlflow_log_metric_us(uri: str, experiment: str, calls: int, synchronous: bool) -> tuple[float, str]:
+    """µs per ``mlflow.log_metric`` call (async ones flushed before the run ends), and the
+    run's id so the caller can check what arrived."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run() as run:
+        mlflow.log_metric("warmup", 0.0, synchronous=synchronous)
+        started = time.perf_counter()
+        for step in range(calls):
+            mlflow.log_metric("loss", 0.5, step=step, synchronous=synchronous)
+        elapsed = time.perf_counter() - started
+        if not synchronous:
+            mlflow.flush_async_logging()
+    return elapsed / calls * 1e6, run.info.run_id
+
+
 def write_section(name: str, markdown: str) -> None:
     """Replace this benchmark's section of RESULTS.md (or append it)."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import machine, write_section  # noqa: E402
+from _results import machine, mlflow_log_metric_us, write_section  # noqa: E402
 
 HOT_PATH_TARGET_US = 2.0
 RATIO_TARGET = 15.0
@@ -68,19 +68,7 @@ def autolog_ingest(points: int) -> float:
 
 
 def mlflow_per_call_us(workdir: str, calls: int, synchronous: bool) -> float:
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
-    mlflow.set_experiment("bench")
-    with mlflow.start_run():
-        mlflow.log_metric("warmup", 0.0, synchronous=synchronous)
-        started = time.perf_counter()
-        for step in range(calls):
-            mlflow.log_metric("loss", 0.5, step=step, synchronous=synchronous)
-        elapsed = time.perf_counter() - started
-    if not synchronous:
-        mlflow.flush_async_logging()
-    return elapsed / calls * 1e6
+    return mlflow_log_metric_us(f"sqlite:///{workdir}/mlflow.db", "bench", calls, synchronous)[0]
 
 
 def main() -> int:

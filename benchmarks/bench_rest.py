@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import machine, write_section  # noqa: E402
+from _results import machine, mlflow_log_metric_us, write_section  # noqa: E402
 
 THROUGHPUT_RATIO_TARGET = 0.8
 HOT_PATH_TARGET_US = 2.0
@@ -125,20 +125,9 @@ def autolog_ingest(uri: str, points: int) -> float:
 
 
 def mlflow_per_call_us(uri: str, calls: int, synchronous: bool) -> float:
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("bench/mlflow-fluent")
-    with mlflow.start_run() as run:
-        mlflow.log_metric("warmup", 0.0, synchronous=synchronous)
-        started = time.perf_counter()
-        for step in range(calls):
-            mlflow.log_metric("loss", 0.5, step=step, synchronous=synchronous)
-        elapsed = time.perf_counter() - started
-        if not synchronous:
-            mlflow.flush_async_logging()
-    assert stored(uri, run.info.run_id, "loss") == calls
-    return elapsed / calls * 1e6
+    per_call, run_id = mlflow_log_metric_us(uri, "bench/mlflow-fluent", calls, synchronous)
+    assert stored(uri, run_id, "loss") == calls
+    return per_call
 
 
 def hot_path_server_down_us(uri: str, calls: int, rounds: int) -> float:
