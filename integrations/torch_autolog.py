@@ -123,9 +123,6 @@ class _Loop:
         self.last: tuple[weakref.ref, _OptimizerState] | None = None
 
     def state(self, optimizer: Any) -> _OptimizerState:
-        last = self.last
-        if last is not None and last[0]() is optimizer:
-            return last[1]
         state = self.optimizers.get(optimizer)
         if state is None:
             state = self.register(optimizer)
@@ -224,30 +221,31 @@ class TorchIntegration(Integration):
 
     # -- the hot path: backward and step ------------------------------------------------------
 
+    # Both hooks run once per step, so they are kept flat: no helper of our own, no ``with``.
+
     def _on_backward(self, wrapped, instance, args, kwargs):
+        # The loss is kept after the backward: detaching is cheaper once the graph is freed,
+        # and a backward that raised has no loss to record.
         result = wrapped(*args, **kwargs)
-        if current_owner() is None:  # after the backward: detaching is cheaper once the
-            try:  # graph is freed, and a backward that raised has no loss to record
-                self._keep_loss(instance)
+        if current_owner() is None:
+            try:
+                if instance.numel() != 1:  # backward(gradient=...) of a non-scalar: no loss
+                    return result
+                local = self._local
+                scaled = local.scaled
+                if scaled is not None and scaled[0] == id(instance):
+                    value = scaled[1]  # GradScaler: keep the unscaled loss
+                    local.scaled = None
+                else:
+                    value = instance.detach()
+                pending = local.loss
+                if pending is None:
+                    local.loss, local.count = value, 1
+                else:
+                    local.loss, local.count = pending + value, local.count + 1
             except Exception as exc:  # noqa: BLE001 - reported by _failed
                 self._failed(exc)
         return result
-
-    def _keep_loss(self, loss: Any) -> None:
-        if loss.numel() != 1:  # backward(gradient=...) of a non-scalar: not a loss
-            return
-        local = self._local
-        scaled = local.scaled
-        if scaled is not None and scaled[0] == id(loss):
-            value = scaled[1]  # GradScaler: keep the unscaled loss
-            local.scaled = None
-        else:
-            value = loss.detach()
-        pending = local.loss
-        if pending is None:
-            local.loss, local.count = value, 1
-        else:
-            local.loss, local.count = pending + value, local.count + 1
 
     def _on_scale(self, wrapped, instance, args, kwargs):
         scaled = wrapped(*args, **kwargs)
@@ -264,27 +262,26 @@ class TorchIntegration(Integration):
         if current_owner() is not None:
             return
         try:
-            self._after_step(optimizer)
+            local = self._local
+            loss, local.loss = local.loss, None
+            loop = self._cached
+            if loop is None or loop.run is not active_run():  # else: the fast path of _loop
+                loop = self._loop(create=True)
+            if loop is None or not loop.log:
+                return
+            run = loop.run
+            loop.step = step = loop.step + 1
+            if loss is not None:
+                count = local.count
+                run.log_metric(TRAIN_LOSS, loss if count == 1 else loss / count, step)
+            last = loop.last
+            state = last[1] if last is not None and last[0]() is optimizer else loop.state(optimizer)
+            lr = optimizer.param_groups[0]["lr"]
+            if type(lr) in (float, int) and lr != state.last_lr:  # comparing a tensor lr syncs
+                state.last_lr = lr
+                run.log_metric(state.lr_key, lr, step)
         except Exception as exc:  # noqa: BLE001 - reported by _failed
             self._failed(exc)
-
-    def _after_step(self, optimizer: Any) -> None:
-        local = self._local
-        loss = local.loss
-        local.loss = None
-        loop = self._loop(create=True)
-        if loop is None or not loop.log:
-            return
-        run = loop.run
-        loop.step = step = loop.step + 1
-        if loss is not None:
-            count = local.count
-            run.log_metric(TRAIN_LOSS, loss if count == 1 else loss / count, step)
-        state = loop.state(optimizer)
-        lr = optimizer.param_groups[0]["lr"]
-        if type(lr) in (float, int) and lr != state.last_lr:  # comparing a tensor lr would sync
-            state.last_lr = lr
-            run.log_metric(state.lr_key, lr, step)
 
     def _on_optimizer_init(self, wrapped, instance, args, kwargs):
         result = wrapped(*args, **kwargs)
