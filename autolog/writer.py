@@ -78,13 +78,13 @@ class Writer:
             except RunNotFoundError as exc:
                 self._runs.pop(id(run), None)
                 run.discard_pending()
-                self._warn(run, f"run {run.id} no longer exists in {run.store.uri}; its pending "
+                _warn(f"run {run.id} no longer exists in {run.store.uri}; its pending "
                            f"data was dropped: {exc}")
                 return False
             except Exception as exc:  # noqa: BLE001 - any store failure keeps the data
                 if id(run) not in self._failing:
                     self._failing.add(id(run))
-                    self._warn(run, f"could not write to {run.store.uri} for run {run.id} "
+                    _warn(f"could not write to {run.store.uri} for run {run.id} "
                                f"({type(exc).__name__}: {exc}); the data is kept and retried")
                 return False
             if id(run) in self._failing:
@@ -100,7 +100,7 @@ class Writer:
             try:
                 run.store.log_batch(run.id, params=params)
             except ParamRefusedError as exc:
-                self._warn(run, f"param dropped: {exc}")
+                _warn(f"param dropped: {exc}")
             run.pending_params.popleft()
         while run.pending_tags:
             run.store.log_batch(run.id, tags=run.pending_tags[0])
@@ -119,9 +119,6 @@ class Writer:
                     raise
                 finally:
                     run.in_flight = 0
-
-    def _warn(self, run: Run, message: str) -> None:
-        warnings.warn(f"autolog: {message}", AutologWarning, stacklevel=3)
 
     # -- the thread -----------------------------------------------------------------------
 
@@ -156,6 +153,11 @@ class Writer:
             run.after_fork_in_child()
         if self._runs:  # the child may log into the runs it inherited: it needs a thread
             self._start_thread()
+
+
+def _warn(message: str) -> None:
+    """A failed write: never hidden by ``silent=True``."""
+    warnings.warn(f"autolog: {message}", AutologWarning, stacklevel=3)
 
 
 def _take(queue: deque, limit: int) -> list:
