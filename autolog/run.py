@@ -139,6 +139,19 @@ class Run:
         if len(queue) > HIGH_WATER_POINTS:
             self._writer.drain(self)
 
+    def log_checked_tensor(self, key: str, tensor: Any, step: int) -> None:
+        """The per-step path of the torch and Lightning integrations: queue a scalar tensor
+        the caller has already checked (``key`` passed :func:`check_metric_key` once, the
+        tensor is a real scalar with no autograd graph, ``step`` an ``int``).
+
+        Skipping :meth:`log_metric`'s checks matters there: they read the tensor's
+        attributes, which costs microseconds per training step once the step has pushed
+        Python's objects out of the CPU caches."""
+        queue = self.lazy_metric_queue
+        queue.append((key, tensor, int(_time() * 1000), step))
+        if len(queue) > HIGH_WATER_POINTS:
+            self._writer.drain(self)
+
     def log_metrics(
         self, metrics: dict[str, Any], step: int | None = None, timestamp: int | None = None
     ) -> None:

@@ -7,6 +7,7 @@ the caller's frame, before anything is queued.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import posixpath
@@ -159,6 +160,9 @@ def to_floats(values: list) -> list[float | None]:
     Torch tensors are stacked per device and copied in one transfer, so a batch of CUDA
     losses costs one synchronisation of the writer thread, not one per point.
     """
+    if values and hasattr(values[0], "detach"):
+        with contextlib.suppress(AttributeError, RuntimeError, TypeError):
+            return _stacked_as_double(values)
     floats: list[float | None] = [None] * len(values)
     by_device: dict[object, list[int]] = {}
     for index, value in enumerate(values):
@@ -176,6 +180,23 @@ def to_floats(values: list) -> list[float | None]:
             converted = [_try_float(values[i]) for i in indexes]
         for index, number in zip(indexes, converted):
             floats[index] = number
+    return floats
+
+
+def _stacked_as_double(tensors: list) -> list[float]:
+    """The common batch, the losses of a training loop: scalar tensors of one device,
+    dtype and shape, converted with one ``stack`` (no per-value torch call). Raises
+    AttributeError, RuntimeError or TypeError for any other batch, which
+    :func:`to_floats` then sorts out value by value. One dtype, because ``stack`` would
+    promote a mix to the widest float dtype present (int64 counts to float32)."""
+    import torch  # imported already: a tensor exists
+
+    if len({tensor.dtype for tensor in tensors}) != 1:
+        raise TypeError("mixed dtypes")
+    with torch.no_grad():
+        floats = torch.stack(tensors).reshape(-1).double().tolist()
+    if len(floats) != len(tensors):
+        raise RuntimeError("not all scalars")
     return floats
 
 

@@ -138,3 +138,33 @@ def test_torch_scalars_are_converted_by_the_writer_thread_only(store_uri, monkey
     assert autolog.get_run(run.id).metrics == {"loss": 8.0, "count": 4.0}
     with pytest.raises(ValueError, match="scalar tensor"):
         autolog.log_metric("vector", torch.ones(3))
+
+
+def test_to_floats_converts_exactly_whatever_the_batch_mixes():
+    torch = pytest.importorskip("torch")
+    from decimal import Decimal
+
+    big = 2**40 + 1  # exact in float64, not in float32
+    one_dtype = [torch.tensor(0.5), torch.tensor(1.25), torch.tensor(-2.0)]
+    assert validation.to_floats(one_dtype) == [0.5, 1.25, -2.0]
+    assert validation.to_floats([torch.tensor(big), torch.tensor(3)]) == [float(big), 3.0]
+    mixed_dtypes = [torch.tensor(big), torch.tensor(0.1, dtype=torch.float32),
+                    torch.tensor(0.1, dtype=torch.float64), torch.tensor(1.5, dtype=torch.bfloat16)]
+    assert validation.to_floats(mixed_dtypes) == [float(big), float(np.float32(0.1)), 0.1, 1.5]
+    shapes = [torch.tensor(1.0), torch.tensor([2.0]), torch.tensor([[3.0]])]
+    assert validation.to_floats(shapes) == [1.0, 2.0, 3.0]
+    kinds = [torch.tensor(1.0), 2.5, np.float32(0.25), Decimal("0.75"), torch.tensor(4)]
+    assert validation.to_floats(kinds) == [1.0, 2.5, 0.25, 0.75, 4.0]
+    assert validation.to_floats(kinds[1:] + kinds[:1]) == [2.5, 0.25, 0.75, 4.0, 1.0]
+    graph = torch.tensor(2.0, requires_grad=True) * 3
+    assert validation.to_floats([graph, torch.tensor(1.0)]) == [6.0, 1.0]
+
+
+def test_a_run_that_has_ended_refuses_tensors_on_the_integrations_path(store_uri):
+    torch = pytest.importorskip("torch")
+    with autolog.start_run() as run:
+        run.log_checked_tensor("loss", torch.tensor(0.5), 1)
+    assert autolog.get_run(run.id).metrics == {"loss": 0.5}
+    with pytest.raises(RuntimeError, match="has ended"):
+        run.log_checked_tensor("loss", torch.tensor(0.25), 2)
+    assert [m.value for m in autolog.get_metric_history(run.id, "loss")] == [0.5]
