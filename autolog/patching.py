@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,6 +41,36 @@ class Patcher:
             return
         original = vars(owner).get(name, _MISSING)
         wrapt.wrap_function_wrapper(owner, name, wrapper)
+        self._saved.append((owner, name, original))
+
+    def wrap_hot(self, owner: Any, name: str, wrapper: Callable) -> None:
+        """Wrap a method that runs once per training step (``Tensor.backward``) with a plain
+        function ``wrapper(original, instance, args, kwargs)``; wrapping twice is a no-op.
+        Unlike wrapt's, ``original`` is the unbound function: call it as
+        ``original(instance, *args, **kwargs)`` (binding it would cost an object per call).
+        A method that is not a plain function in ``owner``'s own ``__dict__`` (inherited,
+        or already wrapped by another library) is wrapped with wrapt, the same way to
+        ``wrapper``.
+
+        Not wrapt here: a wrapt wrapper on a method makes a bound wrapper object at every
+        attribute access, and measured in a training loop it added 2-5 µs to each
+        ``loss.backward()``, against under 1 µs for a plain function. Restored by
+        :meth:`restore` like the rest."""
+        if self.is_patched(owner, name):
+            return
+        original = vars(owner).get(name)
+        if not isinstance(original, types.FunctionType):
+            def unbound(wrapped, instance, args, kwargs):
+                return wrapper(lambda _instance, *a, **k: wrapped(*a, **k), instance, args, kwargs)
+
+            self.wrap(owner, name, unbound)
+            return
+
+        @functools.wraps(original)
+        def hot(instance, *args, **kwargs):
+            return wrapper(original, instance, args, kwargs)
+
+        setattr(owner, name, hot)
         self._saved.append((owner, name, original))
 
     def is_patched(self, owner: Any, name: str) -> bool:
@@ -88,12 +120,14 @@ class _Owner(threading.local):
     name: str | None = None  # a class default: no AttributeError raised per lookup
 
 
-_owner = _Owner()
+# ``thread_owner.name``: the integration whose patched call this thread is inside, if any.
+# Read as an attribute where a function call counts (hooks that run once per step).
+thread_owner = _Owner()
 
 
 def current_owner() -> str | None:
     """The integration whose patched call this thread is inside, if any."""
-    return getattr(_owner, "name", None)
+    return thread_owner.name
 
 
 @contextlib.contextmanager
@@ -103,8 +137,8 @@ def outermost(integration: str) -> Iterator[bool]:
     if current_owner() is not None:
         yield False
         return
-    _owner.name = integration
+    thread_owner.name = integration
     try:
         yield True
     finally:
-        _owner.name = None
+        thread_owner.name = None

@@ -305,6 +305,13 @@ class _AutologCallback:
         self._train_epoch: tuple[int, dict[str, Any]] | None = None  # (epoch, snapshot)
         self._validation: dict[str, Any] | None = None  # snapshot at validation start
 
+    # Lightning calls every callback's every hook, each call inside a profiler context,
+    # about 3 µs each; it skips a hook that is not callable. These per-batch hooks are not
+    # used here, so they cost nothing (about 15 µs per training step less).
+    on_train_batch_start = on_before_zero_grad = on_before_backward = on_after_backward = None
+    on_validation_batch_start = on_validation_batch_end = None
+    on_test_batch_start = on_test_batch_end = on_predict_batch_start = on_predict_batch_end = None
+
     def __reduce__(self):
         return (silent_callback, (self._package,))
 
@@ -381,10 +388,15 @@ class _AutologCallback:
             if value is None or last.get(key) is value:  # not logged again since
                 continue
             last[key] = value
+            if value.requires_grad:
+                value = value.detach()
             name = names.get(key)
-            if name is None:
-                name = names[key] = metric_key(result.meta.forked_name(True))
-            run.log_metric(name, value.detach() if value.requires_grad else value, step)
+            if name is None:  # a new key: checked in full once (self.log keeps it a scalar)
+                name = metric_key(result.meta.forked_name(True))
+                run.log_metric(name, value, step)
+                names[key] = name
+            else:
+                run.log_checked_tensor(name, value, step)
         if self._step_lrs:
             for index, optimizer in enumerate(trainer.optimizers):
                 lr = self._step_lrs.get(optimizer)

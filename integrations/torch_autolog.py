@@ -46,7 +46,7 @@ from types import ModuleType
 from typing import Any
 
 from autolog.integration import INTEGRATION_TAG, Integration
-from autolog.patching import current_owner
+from autolog.patching import thread_owner
 from autolog.run import Run, active_run
 
 TRAIN_LOSS = "train_loss"
@@ -169,8 +169,8 @@ class TorchIntegration(Integration):
         from torch.amp.grad_scaler import GradScaler
         from torch.optim.optimizer import Optimizer, register_optimizer_step_post_hook
 
-        self.patcher.wrap(torch.Tensor, "backward", self._on_backward)
-        self.patcher.wrap(GradScaler, "scale", self._on_scale)
+        self.patcher.wrap_hot(torch.Tensor, "backward", self._on_backward)
+        self.patcher.wrap_hot(GradScaler, "scale", self._on_scale)
         self.patcher.wrap(Optimizer, "__init__", self._on_optimizer_init)
         if self._step_hook is None:
             self._step_hook = register_optimizer_step_post_hook(self._on_step)
@@ -223,13 +223,15 @@ class TorchIntegration(Integration):
 
     # Both hooks run once per step, so they are kept flat: no helper of our own, no ``with``.
 
-    def _on_backward(self, wrapped, instance, args, kwargs):
+    def _on_backward(self, original, instance, args, kwargs):  # Patcher.wrap_hot's wrapper
         # The loss is kept after the backward: detaching is cheaper once the graph is freed,
         # and a backward that raised has no loss to record.
-        result = wrapped(*args, **kwargs)
-        if current_owner() is None:
+        result = original(instance, *args, **kwargs)
+        if thread_owner.name is None:
             try:
-                if instance.numel() != 1:  # backward(gradient=...) of a non-scalar: no loss
+                # A plain backward() succeeds only on a real scalar; with arguments, it may
+                # have been a non-scalar or complex tensor given its gradient: no loss.
+                if (args or kwargs) and (instance.numel() != 1 or instance.is_complex()):
                     return result
                 local = self._local
                 scaled = local.scaled
@@ -247,9 +249,9 @@ class TorchIntegration(Integration):
                 self._failed(exc)
         return result
 
-    def _on_scale(self, wrapped, instance, args, kwargs):
-        scaled = wrapped(*args, **kwargs)
-        if current_owner() is None:
+    def _on_scale(self, original, instance, args, kwargs):  # Patcher.wrap_hot's wrapper
+        scaled = original(instance, *args, **kwargs)
+        if thread_owner.name is None:
             try:
                 outputs = args[0] if args else kwargs["outputs"]
                 if getattr(outputs, "numel", None) is not None and outputs.numel() == 1:
@@ -259,7 +261,7 @@ class TorchIntegration(Integration):
         return scaled
 
     def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if current_owner() is not None:
+        if thread_owner.name is not None:
             return
         try:
             local = self._local
@@ -271,9 +273,9 @@ class TorchIntegration(Integration):
                 return
             run = loop.run
             loop.step = step = loop.step + 1
-            if loss is not None:
+            if loss is not None:  # a real scalar without a graph: _on_backward checked it
                 count = local.count
-                run.log_metric(TRAIN_LOSS, loss if count == 1 else loss / count, step)
+                run.log_checked_tensor(TRAIN_LOSS, loss if count == 1 else loss / count, step)
             last = loop.last
             state = last[1] if last is not None and last[0]() is optimizer else loop.state(optimizer)
             lr = optimizer.param_groups[0]["lr"]
@@ -285,7 +287,7 @@ class TorchIntegration(Integration):
 
     def _on_optimizer_init(self, wrapped, instance, args, kwargs):
         result = wrapped(*args, **kwargs)
-        if current_owner() is None:
+        if thread_owner.name is None:
             with self.guard():
                 loop = self._loop(create=False)  # with no run yet: at its first step
                 if loop is not None and loop.log and instance not in loop.optimizers:
@@ -295,7 +297,7 @@ class TorchIntegration(Integration):
     # -- TensorBoard --------------------------------------------------------------------------
 
     def _writer_loop(self) -> _Loop | None:
-        if current_owner() is not None:  # e.g. Lightning's TensorBoardLogger inside a fit
+        if thread_owner.name is not None:  # e.g. Lightning's TensorBoardLogger inside a fit
             return None
         loop = self._loop(create=True)
         return loop if loop is not None and loop.log else None

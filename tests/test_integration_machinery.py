@@ -1,5 +1,6 @@
 """Plugin machinery with a fake framework: import hooks, versions, guard, re-entrancy."""
 
+import inspect
 import sys
 import textwrap
 
@@ -176,3 +177,53 @@ def test_silent_hides_autolog_warnings(fake, monkeypatch, recwarn):
     fake.fail_in_autolog = True
     fakefw.Model().fit()
     assert not [w for w in recwarn if issubclass(w.category, autolog.AutologWarning)]
+
+
+class Widget:
+    def step(self, amount: int, *, scale: int = 1) -> int:
+        """Advance by ``amount``."""
+        return amount * scale
+
+
+class Gadget(Widget):
+    pass
+
+
+def through(calls):
+    """A ``Patcher.wrap_hot`` wrapper recording what it was given."""
+
+    def wrapper(original, instance, args, kwargs):
+        calls.append((instance, args, kwargs))
+        return original(instance, *args, **kwargs) + 1
+
+    return wrapper
+
+
+def test_wrap_hot_patches_a_plain_method_and_restores_the_exact_original():
+    from autolog.patching import Patcher
+
+    original, calls = Widget.step, []
+    patcher = Patcher()
+    patcher.wrap_hot(Widget, "step", through(calls))
+    patcher.wrap_hot(Widget, "step", through(calls))  # a second wrap is a no-op
+    widget = Widget()
+    assert widget.step(2, scale=3) == 7
+    assert calls == [(widget, (2,), {"scale": 3})]
+    patched = Widget.step
+    assert patched.__wrapped__ is original and patched.__doc__ == original.__doc__
+    assert inspect.signature(patched) == inspect.signature(original)
+    patcher.restore()
+    assert vars(Widget)["step"] is original and widget.step(2) == 2
+
+
+def test_wrap_hot_falls_back_to_wrapt_for_an_inherited_method():
+    from autolog.patching import Patcher
+
+    calls = []
+    patcher = Patcher()
+    patcher.wrap_hot(Gadget, "step", through(calls))
+    gadget = Gadget()
+    assert gadget.step(2, scale=3) == 7 and Widget().step(2) == 2  # the base class untouched
+    assert calls == [(gadget, (2,), {"scale": 3})]
+    patcher.restore()
+    assert "step" not in vars(Gadget) and gadget.step(2) == 2

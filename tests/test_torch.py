@@ -7,10 +7,12 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections import Counter
 
 import pytest
 import torch
 from autolog_integrations import torch_autolog
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
 import autolog
@@ -255,6 +257,67 @@ def test_the_loop_gets_no_device_sync_from_autolog(main_thread_syncs):
             scheduler.step()
         assert main_thread_syncs == []
     assert len(history(run.id, "train_loss")) == 20
+
+
+class OpsOnThisThread(TorchDispatchMode):
+    """Counts the aten ops dispatched on the thread that entered it (dispatch modes are
+    thread-local). A read of a value by the host dispatches ``_local_scalar_dense`` or
+    ``_to_copy`` whatever Python method asked for it, except ``tolist()`` and ``numpy()``
+    of a CPU tensor, which the method-level count above covers."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_autolog_dispatches_no_op_on_the_training_thread_but_detaching_and_averaging():
+    """The device-independent form of "no device sync": autolog's ops on the training
+    thread are pinned to the ``detach`` of each loss and the average of accumulated ones,
+    so any op added there (a ``_local_scalar_dense``, a ``_to_copy``...) fails this test.
+    The values are read by the writer thread, whose ops this mode does not see."""
+    x, y = data()
+
+    def dispatched_ops(steps: int) -> Counter:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 2)
+        with OpsOnThisThread() as recorder:
+            for _ in range(steps):
+                optimizer.zero_grad()
+                for part_x, part_y in zip(x.chunk(2), y.chunk(2)):  # two backwards per step
+                    torch.nn.functional.mse_loss(model(part_x), part_y).backward()
+                optimizer.step()
+                scheduler.step()
+        return recorder.ops
+
+    without_autolog = dispatched_ops(10)
+    autolog.autolog()
+    with autolog.start_run() as run:
+        with_autolog = dispatched_ops(10)
+    added = with_autolog - without_autolog
+    assert added == Counter({"aten.detach.default": 20, "aten.add.Tensor": 10,
+                             "aten.div.Tensor": 10})
+    assert len(history(run.id, "train_loss")) == 10
+
+
+def test_a_backward_given_its_gradient_records_only_real_scalar_losses():
+    autolog.autolog()
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    with autolog.start_run() as run:
+        (weight * 2).backward(torch.ones(3))  # a vector with its gradient: not a loss
+        optimizer.step()
+        (weight.sum() * (1 + 1j)).backward(torch.tensor(1 + 0j))  # complex: not a loss
+        optimizer.step()
+        loss = (weight**2).sum()
+        loss.backward(gradient=torch.tensor(1.0))  # a real scalar, its gradient given
+        optimizer.step()
+    assert history(run.id, "train_loss") == approx_points([(3, loss.item())])
 
 
 class Fault(Exception):
