@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib
 import pickle
+from collections import Counter
 
 import pytest
 import torch
 from autolog_integrations import lightning_autolog
-from test_torch import Fault, approx_points, count_syncs, history
+from test_torch import Fault, OpsOnThisThread, approx_points, count_syncs, history
 from torch.utils.data import DataLoader, TensorDataset
 
 import autolog
@@ -245,24 +246,31 @@ def test_the_torch_integration_stays_silent_inside_a_fit(pl, tmp_path):
 
 def test_the_training_thread_gets_no_device_sync_from_autolog(pl, tmp_path, main_thread_syncs):
     class Window(pl.Callback):
-        """The syncs between the start and the end of the training loop."""
+        """The host reads (Tensor methods) and aten ops between the start and the end of
+        the training loop, on the training thread."""
 
         def on_train_start(self, *args):
             main_thread_syncs.clear()
+            self.recorder = OpsOnThisThread()
+            self.recorder.__enter__()
 
         def on_train_end(self, *args):
+            self.recorder.__exit__(None, None, None)
             self.syncs = list(main_thread_syncs)
 
-    def syncs_in_training() -> list[str]:
+    def training_thread() -> tuple[list[str], Counter]:
         window = Window()
         fit = trainer(pl, tmp_path, callbacks=[window])
         fit.fit(regressor(pl)(), loader(), loader(32, seed=1))
-        return window.syncs
+        return window.syncs, window.recorder.ops
 
-    syncs_in_training()  # warm-up: Lightning's one-off work
-    without_autolog = syncs_in_training()
+    training_thread()  # warm-up: Lightning's one-off work
+    syncs_without, ops_without = training_thread()
     autolog.autolog()
-    assert syncs_in_training() == without_autolog
+    syncs_with, ops_with = training_thread()
+    assert syncs_with == syncs_without
+    added = ops_with - ops_without
+    assert set(added) <= {"aten.detach.default"}, added  # no _local_scalar_dense, _to_copy...
 
 
 def test_a_fault_in_the_callback_is_one_warning_and_training_goes_on(pl, tmp_path, monkeypatch):

@@ -1,0 +1,301 @@
+"""On a CUDA GPU: does autolog make the training thread wait for the device? And what does
+it add per step when the loop is launch-bound (the GPU case where a per-step cost shows)?
+
+    python benchmarks/bench_gpu_sync.py           # rewrites its RESULTS.md section
+    python benchmarks/bench_gpu_sync.py --quick   # fewer rounds, prints only
+
+Needs a CUDA device; without one it says so and exits 0. Two witnesses, each for a plain
+PyTorch loop (AMP ``GradScaler`` included) and for a Lightning fit, with and without
+``autolog.autolog()``, counted during the training (ending a run writes its last points,
+which reads them from the device once, in whichever thread ends it):
+
+* ``torch.cuda.set_sync_debug_mode("warn")``: PyTorch warns at every synchronising CUDA
+  call (``.item()``, ``.tolist()``, ``.cpu()``, ...). The warnings are counted per thread:
+  the training thread must see no more with autolog than without; the writer thread's
+  are its one copy per batch of points, by design.
+* ``torch.profiler``: the CUDA runtime's synchronising calls (``cudaStreamSynchronize``,
+  ``cudaDeviceSynchronize``, ``cudaEventSynchronize``, ``cudaMemcpy``) in the training
+  thread, with and without autolog.
+
+Then the wall time per step, the modes back to back in each round (paired ratios).
+MLflow's autolog joins that table when ``mlflow`` is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import machine, write_section  # noqa: E402
+
+STEPS = 3000
+LIGHTNING_ROWS, BATCH = 20_000, 64
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
+              "cudaMemcpy")
+
+
+def mlp(torch):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(),
+                               torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                               torch.nn.Linear(64, 1)).cuda()
+
+
+def plain_loop(torch, amp: bool):
+    """A pre-sliced loop on the GPU: the loss never leaves the device."""
+    x = torch.randn(LIGHTNING_ROWS, 20, device="cuda")
+    y = (x[:, :5].sum(1, keepdim=True) > 0).float()
+    batches = list(zip(x.split(BATCH), y.split(BATCH)))
+    loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
+
+    def train(steps: int) -> None:
+        model = mlp(torch)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=500, gamma=0.5)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        for step in range(steps):
+            batch_x, batch_y = batches[step % len(batches)]
+            optimizer.zero_grad()
+            with torch.autocast("cuda", enabled=amp):
+                loss = loss_fn(model(batch_x), batch_y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+        torch.cuda.synchronize()
+
+    return train
+
+
+def lightning_fit(torch):
+    import lightning.pytorch as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class MLP(L.LightningModule):
+        def __init__(self, lr: float = 0.01):
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = mlp(torch)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(self.net(x), y)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(LIGHTNING_ROWS, 20, generator=generator)
+    y = (x[:, :5].sum(1, keepdim=True) > 0).float()
+    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH)
+
+    def fit(steps: int) -> None:
+        trainer = L.Trainer(max_steps=steps, accelerator="gpu", devices=1, logger=False,
+                            enable_progress_bar=False, enable_checkpointing=False,
+                            enable_model_summary=False,
+                            default_root_dir=tempfile.mkdtemp())
+        trainer.fit(MLP(), loader)
+        torch.cuda.synchronize()
+
+    return fit
+
+
+class Modes:
+    def __init__(self, root: Path):
+        import autolog
+
+        self.autolog = autolog
+        autolog.set_tracking_uri(f"sqlite:///{root / 'autolog.db'}")
+        autolog.set_experiment("gpu")
+        try:
+            import mlflow
+        except ImportError:
+            self.mlflow = None
+        else:
+            self.mlflow = mlflow
+            mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+            mlflow.set_experiment("gpu")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return ("none", "autolog", "mlflow") if self.mlflow else ("none", "autolog")
+
+    def run(self, mode: str, workload, steps: int) -> float:
+        """Wall time of one workload call in ``mode``, its run ended and written."""
+        autolog, mlflow = self.autolog, self.mlflow
+        if mode == "autolog":
+            autolog.autolog()
+        elif mode == "mlflow":
+            mlflow.pytorch.autolog(log_models=False, checkpoint=False, silent=True)
+        started = time.perf_counter()
+        try:
+            if mode == "autolog":
+                with autolog.start_run():
+                    workload(steps)
+            elif mode == "mlflow":
+                with mlflow.start_run():
+                    workload(steps)
+            else:
+                workload(steps)
+            return time.perf_counter() - started
+        finally:
+            autolog.autolog(disable=True)
+            if mlflow:
+                mlflow.pytorch.autolog(disable=True)
+
+
+def sync_warnings_by_thread(torch, modes: Modes, mode: str, workload, steps: int) -> Counter:
+    """Synchronising CUDA calls during the training (not the run's end, where the last
+    points are written) per thread name, as ``set_sync_debug_mode`` reports them."""
+    counts: Counter = Counter()
+    previous = warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message):
+            counts[threading.current_thread().name] += 1
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    def watched(steps: int) -> None:
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            workload(steps)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        modes.run(mode, watched, steps)
+    return counts
+
+
+def profiled_sync_calls(torch, modes: Modes, mode: str, workload, steps: int) -> Counter:
+    """CUDA runtime synchronising calls during the training, in the training thread and
+    in others, from a torch.profiler trace."""
+    from torch.profiler import ProfilerActivity, profile
+
+    main = threading.get_native_id()
+    traces = []
+
+    def profiled(steps: int) -> None:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            workload(steps)
+        traces.append(prof)
+
+    modes.run(mode, profiled, steps)
+    events = traces[0].events()
+    if main not in {event.thread for event in events}:  # else every call counts as "other"
+        raise RuntimeError("the profile names no event of the training thread's id")
+    counts: Counter = Counter()
+    for event in events:
+        if event.name.startswith(SYNC_CALLS):
+            counts["training thread" if event.thread == main else "other threads"] += 1
+    return counts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds, print only")
+    args = parser.parse_args()
+    rounds = 3 if args.quick else 9
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("bench_gpu_sync: no CUDA device here; nothing to measure")
+        return 0
+    import logging
+
+    warnings.filterwarnings("ignore", message=".*(does not have many workers|GPU available).*")
+    for name in ("lightning.pytorch", "lightning.fabric", "mlflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("AUTOLOG_FLUSH_INTERVAL", "0.2")
+
+    workloads = [
+        ("plain loop, fp32", plain_loop(torch, amp=False), STEPS),
+        ("plain loop, AMP + GradScaler", plain_loop(torch, amp=True), STEPS),
+        ("Lightning fit, `self.log` per step", lightning_fit(torch), 626),
+    ]
+    sync_rows, profile_rows, time_rows, failures = [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        modes = Modes(Path(tmp))
+        for name, workload, steps in workloads:
+            for mode in modes.names:  # warm-up: CUDA context, kernels, imports
+                modes.run(mode, workload, 50)
+            base = sync_warnings_by_thread(torch, modes, "none", workload, steps)
+            ours = sync_warnings_by_thread(torch, modes, "autolog", workload, steps)
+            added = ours["MainThread"] - base["MainThread"]
+            others = sum(n for thread, n in ours.items() if thread != "MainThread")
+            sync_rows.append(f"| {name} | {steps:,} | {base['MainThread']:,} | "
+                             f"{ours['MainThread']:,} | **{added:+,}** | {others:,} |")
+            if added > 0:
+                failures.append(f"{name}: autolog added {added} synchronising calls")
+            profile_steps = min(steps, 300)
+            base_p = profiled_sync_calls(torch, modes, "none", workload, profile_steps)
+            ours_p = profiled_sync_calls(torch, modes, "autolog", workload, profile_steps)
+            p_added = ours_p["training thread"] - base_p["training thread"]
+            profile_rows.append(
+                f"| {name} | {profile_steps} | {base_p['training thread']} | "
+                f"{ours_p['training thread']} | **{p_added:+}** | {ours_p['other threads']} |")
+            if p_added > 0:
+                failures.append(f"{name}: the profile shows {p_added} more sync calls")
+            times: dict[str, list[float]] = {mode: [] for mode in modes.names}
+            for round_ in range(rounds):
+                turn = round_ % len(modes.names)  # no mode always runs first
+                order = modes.names[turn:] + modes.names[:turn]
+                for mode in order:
+                    times[mode].append(modes.run(mode, workload, steps))
+            cells = [f"{statistics.median(times['none']) / steps * 1e6:.0f}"]
+            for mode in modes.names[1:]:
+                ratio = statistics.median(t / b for t, b in zip(times[mode], times["none"]))
+                per_step = statistics.median(t - b for t, b in zip(times[mode], times["none"]))
+                cells.append(f"{ratio - 1:+.1%} ({per_step / steps * 1e6:+.0f} µs)")
+            time_rows.append(f"| {name} | " + " | ".join(cells) + " |")
+            print(sync_rows[-1], profile_rows[-1], time_rows[-1], sep="\n", flush=True)
+
+    device = torch.cuda.get_device_name()
+    mlflow_header = " | MLflow autolog adds" if modes.mlflow else ""
+    mlflow_note = ("" if modes.mlflow else
+                   " MLflow is not installed on this machine, so its column is left out.")
+    report = (
+        "## GPU: device synchronisation and per-step cost (`bench_gpu_sync.py`)\n\n"
+        f"Machine: {machine()}; {device}; torch {torch.__version__}. A loss tensor logged per "
+        f"step, converted by the writer thread every {os.environ['AUTOLOG_FLUSH_INTERVAL']} s."
+        f"{mlflow_note}\n\n"
+        "Synchronising CUDA calls reported by `torch.cuda.set_sync_debug_mode(\"warn\")`, one "
+        "run each:\n\n"
+        "| workload | steps | training thread, no autolog | training thread, autolog | "
+        "added by autolog | autolog's writer thread |\n|---|---|---|---|---|---|\n"
+        + "\n".join(sync_rows) +
+        "\n\nCUDA runtime synchronising calls (`cudaStreamSynchronize`, `cudaDeviceSynchronize`, "
+        "`cudaEventSynchronize`, `cudaMemcpy*`) in a `torch.profiler` trace:\n\n"
+        "| workload | steps | training thread, no autolog | training thread, autolog | "
+        "added by autolog | other threads, autolog |\n|---|---|---|---|---|---|\n"
+        + "\n".join(profile_rows) +
+        f"\n\nWall time, median of {rounds} rounds, modes back to back in each; added: "
+        "median of the paired ratios (and of the paired differences, per step):\n\n"
+        f"| workload | µs/step, no autolog | autolog adds{mlflow_header} |\n"
+        f"|---|---|---|{'---|' if modes.mlflow else ''}\n" + "\n".join(time_rows) + "\n\n"
+        + ("Verdict: autolog added no synchronising call to the training thread.\n" if not failures
+           else "Verdict: FAILED: " + "; ".join(failures) + "\n")
+    )
+    print(report)
+    if not args.quick:
+        write_section("bench_gpu_sync", report)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
