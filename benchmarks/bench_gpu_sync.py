@@ -36,29 +36,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import machine, write_section  # noqa: E402
+from bench_autolog_torch import BATCH, data, lightning_mlp, mlp  # noqa: E402 - same workloads
 
 STEPS = 3000
-LIGHTNING_ROWS, BATCH = 20_000, 64
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
               "cudaMemcpy")
 
 
-def mlp(torch):
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(),
-                               torch.nn.Linear(64, 64), torch.nn.ReLU(),
-                               torch.nn.Linear(64, 1)).cuda()
-
-
 def plain_loop(torch, amp: bool):
     """A pre-sliced loop on the GPU: the loss never leaves the device."""
-    x = torch.randn(LIGHTNING_ROWS, 20, device="cuda")
-    y = (x[:, :5].sum(1, keepdim=True) > 0).float()
+    x, y = (tensor.cuda() for tensor in data())
     batches = list(zip(x.split(BATCH), y.split(BATCH)))
     loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
 
     def train(steps: int) -> None:
-        model = mlp(torch)
+        model = mlp().cuda()
         optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=500, gamma=0.5)
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
@@ -80,25 +72,9 @@ def lightning_fit(torch):
     import lightning.pytorch as L
     from torch.utils.data import DataLoader, TensorDataset
 
-    class MLP(L.LightningModule):
-        def __init__(self, lr: float = 0.01):
-            super().__init__()
-            self.save_hyperparameters()
-            self.net = mlp(torch)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(self.net(x), y)
-            self.log("train_loss", loss)
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(LIGHTNING_ROWS, 20, generator=generator)
-    y = (x[:, :5].sum(1, keepdim=True) > 0).float()
+    x, y = data()
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH)
+    MLP = lightning_mlp()  # noqa: N806 - a class
 
     def fit(steps: int) -> None:
         trainer = L.Trainer(max_steps=steps, accelerator="gpu", devices=1, logger=False,
@@ -183,10 +159,11 @@ def sync_warnings_by_thread(torch, modes: Modes, mode: str, workload, steps: int
 
 def profiled_sync_calls(torch, modes: Modes, mode: str, workload, steps: int) -> Counter:
     """CUDA runtime synchronising calls during the training, in the training thread and
-    in others, from a torch.profiler trace."""
+    in others, from a torch.profiler trace. The profiler numbers threads its own way, so
+    the training thread is the one that launched most kernels (the writer launches a few
+    per batch of points, to stack and copy them)."""
     from torch.profiler import ProfilerActivity, profile
 
-    main = threading.get_native_id()
     traces = []
 
     def profiled(steps: int) -> None:
@@ -196,12 +173,14 @@ def profiled_sync_calls(torch, modes: Modes, mode: str, workload, steps: int) ->
 
     modes.run(mode, profiled, steps)
     events = traces[0].events()
-    if main not in {event.thread for event in events}:  # else every call counts as "other"
-        raise RuntimeError("the profile names no event of the training thread's id")
+    launches = Counter(event.thread for event in events if event.name.startswith("cudaLaunch"))
+    if not launches:
+        raise RuntimeError("the profile holds no kernel launch: no CUDA activity recorded")
+    training = launches.most_common(1)[0][0]
     counts: Counter = Counter()
     for event in events:
         if event.name.startswith(SYNC_CALLS):
-            counts["training thread" if event.thread == main else "other threads"] += 1
+            counts["training thread" if event.thread == training else "other threads"] += 1
     return counts
 
 
