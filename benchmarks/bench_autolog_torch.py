@@ -130,18 +130,27 @@ def torch_workload(data_loader: bool):
 
 
 class Modes:
-    """Switches autologging between none, autolog and MLflow's autolog in this process."""
+    """Switches autologging between none, autolog and MLflow's autolog in this process.
+    Without MLflow installed (a GPU machine, say) only the first two are :attr:`names`."""
 
     def __init__(self, root: Path):
-        import mlflow
-
         import autolog
 
-        self.autolog, self.mlflow, self.root = autolog, mlflow, root
+        self.autolog, self.root = autolog, root
         autolog.set_tracking_uri(f"sqlite:///{root / 'autolog.db'}")
         autolog.set_experiment("bench")
+        try:
+            import mlflow
+        except ImportError:
+            self.mlflow = None
+            return
+        self.mlflow = mlflow
         mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
         mlflow.set_experiment("bench")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return MODES if self.mlflow else MODES[:2]
 
     def run(self, mode: str, workload, wrap_in_run: bool) -> tuple[float, float]:
         """Wall and CPU time (all threads) of one workload call in ``mode``."""
@@ -164,7 +173,8 @@ class Modes:
             return time.perf_counter() - wall, time.process_time() - cpu
         finally:
             autolog.autolog(disable=True)
-            mlflow.pytorch.autolog(disable=True)
+            if mlflow is not None:
+                mlflow.pytorch.autolog(disable=True)
 
     def points(self, mode: str) -> int:
         """Metric points stored by the latest run of ``mode``."""

@@ -29,14 +29,13 @@ import statistics
 import sys
 import tempfile
 import threading
-import time
 import warnings
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import machine, write_section  # noqa: E402
-from bench_autolog_torch import BATCH, data, lightning_mlp, mlp  # noqa: E402 - same workloads
+from bench_autolog_torch import BATCH, Modes, data, lightning_mlp, mlp  # noqa: E402 - same workloads
 
 STEPS = 3000
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
@@ -87,48 +86,9 @@ def lightning_fit(torch):
     return fit
 
 
-class Modes:
-    def __init__(self, root: Path):
-        import autolog
-
-        self.autolog = autolog
-        autolog.set_tracking_uri(f"sqlite:///{root / 'autolog.db'}")
-        autolog.set_experiment("gpu")
-        try:
-            import mlflow
-        except ImportError:
-            self.mlflow = None
-        else:
-            self.mlflow = mlflow
-            mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-            mlflow.set_experiment("gpu")
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return ("none", "autolog", "mlflow") if self.mlflow else ("none", "autolog")
-
-    def run(self, mode: str, workload, steps: int) -> float:
-        """Wall time of one workload call in ``mode``, its run ended and written."""
-        autolog, mlflow = self.autolog, self.mlflow
-        if mode == "autolog":
-            autolog.autolog()
-        elif mode == "mlflow":
-            mlflow.pytorch.autolog(log_models=False, checkpoint=False, silent=True)
-        started = time.perf_counter()
-        try:
-            if mode == "autolog":
-                with autolog.start_run():
-                    workload(steps)
-            elif mode == "mlflow":
-                with mlflow.start_run():
-                    workload(steps)
-            else:
-                workload(steps)
-            return time.perf_counter() - started
-        finally:
-            autolog.autolog(disable=True)
-            if mlflow:
-                mlflow.pytorch.autolog(disable=True)
+def timed(modes: Modes, mode: str, workload, steps: int) -> float:
+    """Wall time of ``workload(steps)`` in ``mode``, inside a run that is ended and written."""
+    return modes.run(mode, lambda _root: workload(steps), wrap_in_run=True)[0]
 
 
 def sync_warnings_by_thread(torch, modes: Modes, mode: str, workload, steps: int) -> Counter:
@@ -153,7 +113,7 @@ def sync_warnings_by_thread(torch, modes: Modes, mode: str, workload, steps: int
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = record
-        modes.run(mode, watched, steps)
+        timed(modes, mode, watched, steps)
     return counts
 
 
@@ -171,7 +131,7 @@ def profiled_sync_calls(torch, modes: Modes, mode: str, workload, steps: int) ->
             workload(steps)
         traces.append(prof)
 
-    modes.run(mode, profiled, steps)
+    timed(modes, mode, profiled, steps)
     events = traces[0].events()
     launches = Counter(event.thread for event in events if event.name.startswith("cudaLaunch"))
     if not launches:
@@ -212,7 +172,7 @@ def main() -> int:
         modes = Modes(Path(tmp))
         for name, workload, steps in workloads:
             for mode in modes.names:  # warm-up: CUDA context, kernels, imports
-                modes.run(mode, workload, 50)
+                timed(modes, mode, workload, 50)
             base = sync_warnings_by_thread(torch, modes, "none", workload, steps)
             ours = sync_warnings_by_thread(torch, modes, "autolog", workload, steps)
             added = ours["MainThread"] - base["MainThread"]
@@ -235,7 +195,7 @@ def main() -> int:
                 turn = round_ % len(modes.names)  # no mode always runs first
                 order = modes.names[turn:] + modes.names[:turn]
                 for mode in order:
-                    times[mode].append(modes.run(mode, workload, steps))
+                    times[mode].append(timed(modes, mode, workload, steps))
             cells = [f"{statistics.median(times['none']) / steps * 1e6:.0f}"]
             for mode in modes.names[1:]:
                 ratio = statistics.median(t / b for t, b in zip(times[mode], times["none"]))
