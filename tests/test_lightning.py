@@ -115,6 +115,53 @@ def test_a_fit_logs_settings_hparams_and_every_logged_value(L, tmp_path):
     assert history(run_id, "lr") == approx_points([(1, 0.05), (5, 0.025), (9, 0.0125)])
 
 
+def our_step_hooks() -> list:
+    """autolog's callbacks among torch's global optimizer step hooks."""
+    from torch.optim.optimizer import _global_optimizer_post_hooks
+
+    return [hook for hook in _global_optimizer_post_hooks.values()
+            if getattr(hook, "__self__", None).__class__.__name__ == "AutologCallback"]
+
+
+def test_lr_is_logged_at_the_step_that_used_it_with_per_step_schedulers(L, tmp_path):
+    """A per-step scheduler moves the lr after each step, a warm-up in ``optimizer_step``
+    just before it: each point is the lr the optimizer stepped with."""
+    used = []
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        schedule = torch.optim.lr_scheduler.StepLR(optimizer, 3, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        if self.trainer.global_step == 0:  # warm-up: the first step at a tenth
+            optimizer.param_groups[0]["lr"] = 0.01
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step(closure=optimizer_closure)
+
+    autolog.autolog()
+    module = regressor(L, configure_optimizers=configure_optimizers,
+                       optimizer_step=optimizer_step)()
+    trainer(L, tmp_path).fit(module, loader())
+    assert len(used) == 2 * BATCHES
+    expected = [(step, lr) for step, lr in enumerate(used, 1) if step == 1 or lr != used[step - 2]]
+    assert history(autolog.search_runs()[0].info.run_id, "lr") == approx_points(expected)
+    assert our_step_hooks() == []  # held for the fit only
+
+
+def test_the_optimizer_hook_is_gone_after_a_failing_fit(pl, tmp_path):
+    def training_step(self, batch, batch_idx):
+        if batch_idx == 1:
+            raise ValueError("fails after one step")
+        return self.net(batch[0]).sum()
+
+    autolog.autolog()
+    with pytest.raises(ValueError, match="fails after one step"):
+        trainer(pl, tmp_path).fit(regressor(pl, training_step=training_step)(), loader())
+    assert our_step_hooks() == []
+    assert history(autolog.search_runs()[0].info.run_id, "lr") == approx_points([(1, 0.05)])
+
+
 def test_user_loggers_and_callbacks_keep_working(pl, tmp_path):
     class CountBatches(pl.Callback):
         batches = 0
