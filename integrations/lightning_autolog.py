@@ -304,6 +304,9 @@ class _AutologCallback:
         self._names: dict[str, str] = {}  # per result: its step metric's key
         self._step_lrs: dict[Any, Any] = {}  # optimizer -> the lr its step used
         self._last_lrs: dict[int, Any] = {}
+        # read once at on_train_start, so a step does not walk Lightning's properties again:
+        self._optimizers: dict[Any, int] = {}  # this Trainer's optimizers -> their index
+        self._train_results: Any = None  # the training loop's results (trainer._results there)
         self._train_epoch: tuple[int, dict[str, Any]] | None = None  # (epoch, snapshot)
         self._validation: dict[str, Any] | None = None  # snapshot at validation start
 
@@ -361,6 +364,9 @@ class _AutologCallback:
                 self._last_step = trainer.global_step
                 self._step_offset = max(0, axis.steps - trainer.global_step)
                 self._epoch_offset = max(0, axis.epochs - trainer.current_epoch)
+                self._optimizers = {optimizer: index
+                                    for index, optimizer in enumerate(trainer.optimizers)}
+                self._train_results = getattr(trainer.fit_loop.epoch_loop, "_results", None)
 
     # -- steps (every hook here runs per step: try/except, no ``with`` block) ------------------
 
@@ -394,7 +400,9 @@ class _AutologCallback:
         self._last_step = step
         step += self._step_offset
         run, last, names = self._run, self._last_values, self._names
-        results = trainer._results
+        results = self._train_results
+        if results is None:  # a Lightning without the attribute: the Trainer's own lookup
+            results = trainer._results
         for key, result in results.valid_items() if results is not None else ():
             if not result.meta.on_step:
                 continue
@@ -411,8 +419,8 @@ class _AutologCallback:
                 names[key] = name
             else:
                 run.log_checked_tensor(name, value, step)
-        if self._step_lrs:
-            for index, optimizer in enumerate(trainer.optimizers):
+        if self._step_lrs:  # (not iterated: an optimizer of another thread may add to it)
+            for optimizer, index in self._optimizers.items():
                 lr = self._step_lrs.get(optimizer)
                 if type(lr) in (float, int) and lr != self._last_lrs.get(index):
                     self._last_lrs[index] = lr

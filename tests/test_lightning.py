@@ -149,6 +149,36 @@ def test_lr_is_logged_at_the_step_that_used_it_with_per_step_schedulers(L, tmp_p
     assert our_step_hooks() == []  # held for the fit only
 
 
+def test_each_optimizer_of_the_trainer_gets_its_lr_and_no_other_does(pl, tmp_path):
+    """Manual optimization with two optimizers, and a third the Trainer does not know
+    stepped inside the training step: only the Trainer's two are logged."""
+    outside = torch.nn.Parameter(torch.zeros(1))
+    stranger = torch.optim.SGD([outside], lr=0.5)
+
+    def training_step(self, batch, batch_idx):
+        for optimizer in self.optimizers():
+            loss = torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+        outside.grad = torch.ones(1)
+        stranger.step()
+
+    def configure_optimizers(self):
+        return (torch.optim.SGD(self.parameters(), lr=0.1),
+                torch.optim.Adam(self.parameters(), lr=0.01))
+
+    module = regressor(pl, training_step=training_step, configure_optimizers=configure_optimizers,
+                       automatic_optimization=property(lambda self: False))()
+    autolog.autolog()
+    trainer(pl, tmp_path).fit(module, loader())
+    run = autolog.search_runs()[0]
+    lr_keys = sorted(key for key in run.metrics if key.endswith("lr"))
+    assert lr_keys == ["lr", "optimizer_1.lr"]
+    assert history(run.info.run_id, "lr") == approx_points([(2, 0.1)])
+    assert history(run.info.run_id, "optimizer_1.lr") == approx_points([(2, 0.01)])
+
+
 def test_the_optimizer_hook_is_gone_after_a_failing_fit(pl, tmp_path):
     def training_step(self, batch, batch_idx):
         if batch_idx == 1:
