@@ -206,11 +206,20 @@ class Result:
         added = (t - base for t, base in zip(self.wall[mode], self.wall["none"]))
         return statistics.median(added) / steps * 1e6
 
-    def added(self, mode: str, cpu: bool = False) -> float:
-        """Median over rounds of (time in ``mode``) / (time with none in the same round) - 1:
-        the modes of one round ran back to back, under the same load."""
+    def ratios(self, mode: str, cpu: bool = False) -> list[float]:
+        """Per round, (time in ``mode``) / (time with none in the same round) - 1: the modes
+        of one round ran back to back, under the same load."""
         times = self.cpu if cpu else self.wall
-        return statistics.median(t / base for t, base in zip(times[mode], times["none"])) - 1
+        return [t / base - 1 for t, base in zip(times[mode], times["none"])]
+
+    def added(self, mode: str, cpu: bool = False) -> float:
+        """The median of :meth:`ratios`."""
+        return statistics.median(self.ratios(mode, cpu))
+
+    def spread(self, mode: str) -> str:
+        """The quartiles of the wall-time ratios: how far one round may land from the median."""
+        low, _, high = statistics.quantiles(self.ratios(mode), n=4)
+        return f"{low:+.1%}..{high:+.1%}"
 
 
 def measure(modes: Modes, workload, rounds: int, wrap_in_run: bool) -> Result:
@@ -263,7 +272,8 @@ def report(rounds: int) -> tuple[str, bool]:
                                                              result.wall["mlflow"]))
             rows.append(
                 f"| {name} | {result.median('none'):.2f} | {result.median('autolog'):.2f} | "
-                f"**{ours:+.1%}** | {result.added('autolog', cpu=True):+.1%} | "
+                f"**{ours:+.1%}** ({result.spread('autolog')}) | "
+                f"{result.added('autolog', cpu=True):+.1%} | "
                 f"{result.per_step_us('autolog', steps):.0f} | {result.points['autolog']:,} | "
                 f"{result.median('mlflow'):.2f} | {theirs:+.1%} | "
                 f"{result.added('mlflow', cpu=True):+.1%} | {result.points['mlflow']:,} | "
@@ -283,7 +293,8 @@ def report(rounds: int) -> tuple[str, bool]:
         f"average {os.getloadavg()[0]:.1f} at the end. {rounds} rounds, the three modes "
         "back to back in each (rotating order), in one process; runs ended and flushed "
         "inside the timing. Times: medians. *added*: median over rounds of the ratio to the "
-        "same round's run without autologging, on wall time and on the CPU time of all "
+        "same round's run without autologging, on wall time (in brackets: its quartiles over "
+        "the rounds, this machine's noise) and on the CPU time of all "
         "threads (writer included); *µs/step*: the wall time it added, per training step. "
         "*points*: metric points one run stored (MLflow's autolog "
         "logs Lightning's values per epoch only, and nothing from a plain loop).\n\n"

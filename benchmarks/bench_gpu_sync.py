@@ -48,7 +48,7 @@ def plain_loop(torch, amp: bool):
     batches = list(zip(x.split(BATCH), y.split(BATCH)))
     loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
 
-    def train(steps: int) -> None:
+    def train(steps: int, _root: str) -> None:
         model = mlp().cuda()
         optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=500, gamma=0.5)
@@ -75,11 +75,11 @@ def lightning_fit(torch):
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH)
     MLP = lightning_mlp()  # noqa: N806 - a class
 
-    def fit(steps: int) -> None:
+    def fit(steps: int, root: str) -> None:
         trainer = L.Trainer(max_steps=steps, accelerator="gpu", devices=1, logger=False,
                             enable_progress_bar=False, enable_checkpointing=False,
                             enable_model_summary=False,
-                            default_root_dir=tempfile.mkdtemp())
+                            default_root_dir=root)
         trainer.fit(MLP(), loader)
         torch.cuda.synchronize()
 
@@ -87,8 +87,9 @@ def lightning_fit(torch):
 
 
 def timed(modes: Modes, mode: str, workload, steps: int) -> float:
-    """Wall time of ``workload(steps)`` in ``mode``, inside a run that is ended and written."""
-    return modes.run(mode, lambda _root: workload(steps), wrap_in_run=True)[0]
+    """Wall time of ``workload(steps, root)`` in ``mode`` (``root``: the modes' temp dir),
+    inside a run that is ended and written."""
+    return modes.run(mode, lambda root: workload(steps, root), wrap_in_run=True)[0]
 
 
 def sync_warnings_by_thread(torch, modes: Modes, mode: str, workload, steps: int) -> Counter:
@@ -103,10 +104,10 @@ def sync_warnings_by_thread(torch, modes: Modes, mode: str, workload, steps: int
         else:
             previous(message, category, filename, lineno, file, line)
 
-    def watched(steps: int) -> None:
+    def watched(steps: int, root: str) -> None:
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            workload(steps)
+            workload(steps, root)
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
@@ -126,9 +127,9 @@ def profiled_sync_calls(torch, modes: Modes, mode: str, workload, steps: int) ->
 
     traces = []
 
-    def profiled(steps: int) -> None:
+    def profiled(steps: int, root: str) -> None:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            workload(steps)
+            workload(steps, root)
         traces.append(prof)
 
     timed(modes, mode, profiled, steps)
