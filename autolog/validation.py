@@ -160,9 +160,9 @@ def to_floats(values: list) -> list[float | None]:
     Torch tensors are stacked per device and copied in one transfer, so a batch of CUDA
     losses costs one synchronisation of the writer thread, not one per point.
     """
-    if values and hasattr(values[0], "detach"):
-        with contextlib.suppress(AttributeError, RuntimeError, TypeError):
-            return _stacked_as_double(values)
+    if values and hasattr(values[0], "detach"):  # a batch of tensors only, on one device:
+        with contextlib.suppress(AttributeError, RuntimeError, TypeError):  # else one by one
+            return _stacked(values)
     floats: list[float | None] = [None] * len(values)
     by_device: dict[object, list[int]] = {}
     for index, value in enumerate(values):
@@ -183,29 +183,18 @@ def to_floats(values: list) -> list[float | None]:
     return floats
 
 
-def _stacked_as_double(tensors: list) -> list[float]:
-    """The common batch, the losses of a training loop: scalar tensors of one device,
-    dtype and shape, converted with one ``stack`` (no per-value torch call). Raises
-    AttributeError, RuntimeError or TypeError for any other batch, which
-    :func:`to_floats` then sorts out value by value. One dtype, because ``stack`` would
-    promote a mix to the widest float dtype present (int64 counts to float32)."""
-    import torch  # imported already: a tensor exists
-
-    if len({tensor.dtype for tensor in tensors}) != 1:
-        raise TypeError("mixed dtypes")
-    with torch.no_grad():
-        floats = torch.stack(tensors).reshape(-1).double().tolist()
-    if len(floats) != len(tensors):
-        raise RuntimeError("not all scalars")
-    return floats
-
-
 def _stacked(tensors: list) -> list[float]:
     """One device's scalar tensors as floats, in one transfer. They are stacked as they
     are, per dtype and shape, so there is no torch op per value (each would cost the
-    writer a dispatch and a GIL release, and the training thread the GIL back)."""
+    writer a dispatch and a GIL release, and the training thread the GIL back); not across
+    dtypes, which ``stack`` would promote to the widest float present (int64 to float32).
+    Raises AttributeError, RuntimeError or TypeError for values that are not tensors of
+    one device."""
     import torch  # imported already: a tensor exists
 
+    if len({(tensor.dtype, tensor.shape) for tensor in tensors}) == 1:  # a loop's losses
+        with torch.no_grad():
+            return torch.stack(tensors).reshape(-1).double().tolist()
     groups: dict[tuple, list[int]] = {}
     for position, tensor in enumerate(tensors):
         groups.setdefault((tensor.dtype, tensor.shape), []).append(position)

@@ -306,7 +306,7 @@ class _AutologCallback:
         self._last_lrs: dict[int, Any] = {}
         # read once at on_train_start, so a step does not walk Lightning's properties again:
         self._optimizers: dict[Any, int] = {}  # this Trainer's optimizers -> their index
-        self._train_results: Any = None  # the training loop's results (trainer._results there)
+        self._train_results: Any = None  # what trainer._results is in the training loop
         self._train_epoch: tuple[int, dict[str, Any]] | None = None  # (epoch, snapshot)
         self._validation: dict[str, Any] | None = None  # snapshot at validation start
 
@@ -366,7 +366,7 @@ class _AutologCallback:
                 self._epoch_offset = max(0, axis.epochs - trainer.current_epoch)
                 self._optimizers = {optimizer: index
                                     for index, optimizer in enumerate(trainer.optimizers)}
-                self._train_results = getattr(trainer.fit_loop.epoch_loop, "_results", None)
+                self._train_results = trainer.fit_loop.epoch_loop._results
 
     # -- steps (every hook here runs per step: try/except, no ``with`` block) ------------------
 
@@ -401,8 +401,6 @@ class _AutologCallback:
         step += self._step_offset
         run, last, names = self._run, self._last_values, self._names
         results = self._train_results
-        if results is None:  # a Lightning without the attribute: the Trainer's own lookup
-            results = trainer._results
         for key, result in results.valid_items() if results is not None else ():
             if not result.meta.on_step:
                 continue
