@@ -192,9 +192,9 @@ class Modes:
 
 
 class Result:
-    def __init__(self) -> None:
-        self.wall: dict[str, list[float]] = {mode: [] for mode in MODES}
-        self.cpu: dict[str, list[float]] = {mode: [] for mode in MODES}
+    def __init__(self, modes: tuple[str, ...]) -> None:
+        self.wall: dict[str, list[float]] = {mode: [] for mode in modes}
+        self.cpu: dict[str, list[float]] = {mode: [] for mode in modes}
         self.points: dict[str, int] = {}
 
     def median(self, mode: str, cpu: bool = False) -> float:
@@ -223,11 +223,13 @@ class Result:
 
 
 def measure(modes: Modes, workload, rounds: int, wrap_in_run: bool) -> Result:
-    for mode in MODES:  # warm-up: imports, store schemas, first-call costs
+    names = modes.names
+    for mode in names:  # warm-up: imports, store schemas, first-call costs
         modes.run(mode, workload, wrap_in_run)
-    result = Result()
+    result = Result(names)
     for round_ in range(rounds):
-        order = MODES[round_ % 3:] + MODES[:round_ % 3]  # no mode always runs first
+        turn = round_ % len(names)  # no mode always runs first
+        order = names[turn:] + names[:turn]
         for mode in order:
             wall, cpu = modes.run(mode, workload, wrap_in_run)
             result.wall[mode].append(wall)

@@ -24,8 +24,8 @@ MLflow's autolog joins that table when ``mlflow`` is installed.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import machine, write_section  # noqa: E402
-from bench_autolog_torch import BATCH, Modes, data, lightning_mlp, mlp  # noqa: E402 - same workloads
+from bench_autolog_torch import BATCH, Modes, data, lightning_mlp, measure, mlp  # noqa: E402
 
 STEPS = 3000
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
@@ -89,7 +89,7 @@ def lightning_fit(torch):
 def timed(modes: Modes, mode: str, workload, steps: int) -> float:
     """Wall time of ``workload(steps, root)`` in ``mode`` (``root``: the modes' temp dir),
     inside a run that is ended and written."""
-    return modes.run(mode, lambda root: workload(steps, root), wrap_in_run=True)[0]
+    return modes.run(mode, functools.partial(workload, steps), wrap_in_run=True)[0]
 
 
 def sync_warnings_by_thread(torch, modes: Modes, mode: str, workload, steps: int) -> Counter:
@@ -191,17 +191,10 @@ def main() -> int:
                 f"{ours_p['training thread']} | **{p_added:+}** | {ours_p['other threads']} |")
             if p_added > 0:
                 failures.append(f"{name}: the profile shows {p_added} more sync calls")
-            times: dict[str, list[float]] = {mode: [] for mode in modes.names}
-            for round_ in range(rounds):
-                turn = round_ % len(modes.names)  # no mode always runs first
-                order = modes.names[turn:] + modes.names[:turn]
-                for mode in order:
-                    times[mode].append(timed(modes, mode, workload, steps))
-            cells = [f"{statistics.median(times['none']) / steps * 1e6:.0f}"]
+            result = measure(modes, functools.partial(workload, steps), rounds, wrap_in_run=True)
+            cells = [f"{result.median('none') / steps * 1e6:.0f}"]
             for mode in modes.names[1:]:
-                ratio = statistics.median(t / b for t, b in zip(times[mode], times["none"]))
-                per_step = statistics.median(t - b for t, b in zip(times[mode], times["none"]))
-                cells.append(f"{ratio - 1:+.1%} ({per_step / steps * 1e6:+.0f} µs)")
+                cells.append(f"{result.added(mode):+.1%} ({result.per_step_us(mode, steps):+.0f} µs)")
             time_rows.append(f"| {name} | " + " | ".join(cells) + " |")
             print(sync_rows[-1], profile_rows[-1], time_rows[-1], sep="\n", flush=True)
 
