@@ -42,11 +42,12 @@ import os
 import re
 import threading
 import weakref
+from threading import get_ident
 from types import ModuleType
 from typing import Any
 
 from autolog.integration import INTEGRATION_TAG, Integration
-from autolog.patching import thread_owner
+from autolog.patching import current_owner, owners
 from autolog.run import Run, active_run
 
 TRAIN_LOSS = "train_loss"
@@ -93,13 +94,24 @@ def metric_key(tag: object) -> str:
     return key
 
 
-class _PerThread(threading.local):
-    """What one thread holds between backward and step. Class-level defaults: a missing
-    thread-local attribute would cost a raised and caught AttributeError per step."""
+class _Pending:
+    """What one thread holds between backward and step."""
 
-    loss: Any = None  # the detached loss (or the sum of several) since the last step
-    count = 0  # how many backward calls that sum holds
-    scaled: tuple[int, Any] | None = None  # (id of GradScaler's output, the unscaled loss)
+    __slots__ = ("loss", "count", "scaled")
+
+    def __init__(self) -> None:
+        self.loss: Any = None  # the detached loss (or the sum of several) since the last step
+        self.count = 0  # how many backward calls that sum holds
+        self.scaled: tuple[int, Any] | None = None  # (id of GradScaler's output, unscaled loss)
+
+
+class _PerThread(threading.local):
+    """Each thread's :class:`_Pending`, read once per hook: an attribute of a
+    threading.local costs about ten times one of a slotted object, so the hooks hold it in a
+    local variable. ``None`` (a class default, so no AttributeError) until the thread's
+    first backward or step."""
+
+    pending: _Pending | None = None
 
 
 class _OptimizerState:
@@ -223,17 +235,22 @@ class TorchIntegration(Integration):
 
     # Both hooks run once per step, so they are kept flat: no helper of our own, no ``with``.
 
+    def _pending(self) -> _Pending:
+        """This thread's :class:`_Pending` (the hooks read ``self._local.pending`` first)."""
+        pending = self._local.pending = _Pending()
+        return pending
+
     def _on_backward(self, original, instance, args, kwargs):  # Patcher.wrap_hot's wrapper
         # The loss is kept after the backward: detaching is cheaper once the graph is freed,
         # and a backward that raised has no loss to record.
         result = original(instance, *args, **kwargs)
-        if thread_owner.name is None:
+        if not owners or get_ident() not in owners:
             try:
                 # A plain backward() succeeds only on a real scalar; with arguments, it may
                 # have been a non-scalar or complex tensor given its gradient: no loss.
                 if (args or kwargs) and (instance.numel() != 1 or instance.is_complex()):
                     return result
-                local = self._local
+                local = self._local.pending or self._pending()
                 scaled = local.scaled
                 if scaled is not None and scaled[0] == id(instance):
                     value = scaled[1]  # GradScaler: keep the unscaled loss
@@ -251,20 +268,21 @@ class TorchIntegration(Integration):
 
     def _on_scale(self, original, instance, args, kwargs):  # Patcher.wrap_hot's wrapper
         scaled = original(instance, *args, **kwargs)
-        if thread_owner.name is None:
+        if not owners or get_ident() not in owners:
             try:
                 outputs = args[0] if args else kwargs["outputs"]
                 if getattr(outputs, "numel", None) is not None and outputs.numel() == 1:
-                    self._local.scaled = (id(scaled), outputs.detach())
+                    local = self._local.pending or self._pending()
+                    local.scaled = (id(scaled), outputs.detach())
             except Exception as exc:  # noqa: BLE001 - reported by _failed
                 self._failed(exc)
         return scaled
 
     def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if thread_owner.name is not None:
+        if owners and get_ident() in owners:
             return
         try:
-            local = self._local
+            local = self._local.pending or self._pending()
             loss, local.loss = local.loss, None
             loop = self._cached
             if loop is None or loop.run is not active_run():  # else: the fast path of _loop
@@ -287,7 +305,7 @@ class TorchIntegration(Integration):
 
     def _on_optimizer_init(self, wrapped, instance, args, kwargs):
         result = wrapped(*args, **kwargs)
-        if thread_owner.name is None:
+        if current_owner() is None:
             with self.guard():
                 loop = self._loop(create=False)  # with no run yet: at its first step
                 if loop is not None and loop.log and instance not in loop.optimizers:
@@ -297,7 +315,7 @@ class TorchIntegration(Integration):
     # -- TensorBoard --------------------------------------------------------------------------
 
     def _writer_loop(self) -> _Loop | None:
-        if thread_owner.name is not None:  # e.g. Lightning's TensorBoardLogger inside a fit
+        if current_owner() is not None:  # e.g. Lightning's TensorBoardLogger inside a fit
             return None
         loop = self._loop(create=True)
         return loop if loop is not None and loop.log else None

@@ -3,11 +3,13 @@
 import inspect
 import sys
 import textwrap
+import threading
 
 import pytest
 
 import autolog
 from autolog import integration as integration_module
+from autolog import patching
 from autolog.integration import Integration
 from autolog.patching import current_owner, outermost
 
@@ -142,6 +144,20 @@ def test_a_fit_inside_a_fit_is_logged_once(fake):
     fakefw.Model().fit(inner=fakefw.Model())
     assert len(autolog.search_runs()) == 1
     assert current_owner() is None
+
+
+def test_ownership_is_per_thread_and_a_forked_child_keeps_only_its_own(monkeypatch):
+    seen_in_other_thread = []
+    with outermost("sklearn") as outer:
+        assert outer and current_owner() == "sklearn"
+        other = threading.Thread(target=lambda: seen_in_other_thread.append(current_owner()))
+        other.start()
+        other.join()
+        monkeypatch.setitem(patching.owners, -1, "xgboost")  # a thread the child won't have
+        patching._keep_own_entry_after_fork()  # what a forked child runs
+        assert patching.owners == {threading.get_ident(): "sklearn"}
+    assert seen_in_other_thread == [None]
+    assert current_owner() is None and patching.owners == {}
 
 
 def test_unsupported_version_is_skipped_with_one_warning(fake, monkeypatch):
