@@ -147,10 +147,11 @@ def outermost(integration: str) -> Iterator[bool]:
 def _keep_own_entry_after_fork() -> None:
     """A forked child has only the forking thread: other threads' entries would outlive
     them, and silence a new thread of the child that got the same ident."""
-    own = owners.get(threading.get_ident())
+    ident = threading.get_ident()
+    own = owners.get(ident)
     owners.clear()
     if own is not None:
-        owners[threading.get_ident()] = own
+        owners[ident] = own
 
 
 os.register_at_fork(after_in_child=_keep_own_entry_after_fork)

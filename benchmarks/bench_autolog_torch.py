@@ -102,6 +102,17 @@ def lightning_workload():
     return fit
 
 
+def train_steps(model, optimizer, batches, steps: int) -> None:
+    """The plain PyTorch loop: ``steps`` steps over the ``(x, y)`` pairs of ``batches``."""
+    import torch
+
+    loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
+    for _, (batch_x, batch_y) in zip(range(steps), batches):
+        optimizer.zero_grad()
+        loss_fn(model(batch_x), batch_y).backward()
+        optimizer.step()
+
+
 def torch_workload(data_loader: bool):
     import torch
     from torch.utils.data import DataLoader, TensorDataset
@@ -119,12 +130,7 @@ def torch_workload(data_loader: bool):
 
     def train(_root: str) -> None:
         model = mlp()
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-        loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
-        for _, (batch_x, batch_y) in zip(range(TORCH_STEPS), endless()):
-            optimizer.zero_grad()
-            loss_fn(model(batch_x), batch_y).backward()
-            optimizer.step()
+        train_steps(model, torch.optim.Adam(model.parameters(), lr=0.01), endless(), TORCH_STEPS)
 
     return train
 
@@ -152,13 +158,21 @@ class Modes:
     def names(self) -> tuple[str, ...]:
         return MODES if self.mlflow else MODES[:2]
 
+    def enable(self, mode: str) -> None:
+        if mode == "autolog":
+            self.autolog.autolog()
+        elif mode == "mlflow":
+            self.mlflow.pytorch.autolog(log_models=False, checkpoint=False, silent=True)
+
+    def disable(self) -> None:
+        self.autolog.autolog(disable=True)
+        if self.mlflow is not None:
+            self.mlflow.pytorch.autolog(disable=True)
+
     def run(self, mode: str, workload, wrap_in_run: bool) -> tuple[float, float]:
         """Wall and CPU time (all threads) of one workload call in ``mode``."""
         autolog, mlflow = self.autolog, self.mlflow
-        if mode == "autolog":
-            autolog.autolog()
-        elif mode == "mlflow":
-            mlflow.pytorch.autolog(log_models=False, checkpoint=False, silent=True)
+        self.enable(mode)
         gc.collect()
         wall, cpu = time.perf_counter(), time.process_time()
         try:
@@ -172,9 +186,7 @@ class Modes:
                 workload(str(self.root))
             return time.perf_counter() - wall, time.process_time() - cpu
         finally:
-            autolog.autolog(disable=True)
-            if mlflow is not None:
-                mlflow.pytorch.autolog(disable=True)
+            self.disable()
 
     def points(self, mode: str) -> int:
         """Metric points stored by the latest run of ``mode``."""

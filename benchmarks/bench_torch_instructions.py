@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import os
 import shutil
 import subprocess
@@ -65,27 +66,19 @@ def child(steps: int, helper: str) -> None:
     control = ctypes.CDLL(helper)
     modes = bench.Modes(Path(tempfile.mkdtemp()))  # every mode's imports, whichever runs
     x, y = bench.data()
-    batches = list(zip(x.split(bench.BATCH), y.split(bench.BATCH)))
+    batches = itertools.cycle(list(zip(x.split(bench.BATCH), y.split(bench.BATCH))))
     model = bench.mlp()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
 
     def train(count: int) -> None:
-        for index in range(count):
-            batch_x, batch_y = batches[index % len(batches)]
-            optimizer.zero_grad()
-            loss_fn(model(batch_x), batch_y).backward()
-            optimizer.step()
+        bench.train_steps(model, optimizer, batches, count)
 
     autolog.start_run()  # one run throughout, so the difference is the autologging
     train(WARMUP_STEPS)
     control.start()
     for phase in PHASES:
         mode = phase.split()[0]
-        if mode == "autolog":
-            autolog.autolog()
-        elif mode == "mlflow":
-            modes.mlflow.pytorch.autolog(log_models=False, checkpoint=False, silent=True)
+        modes.enable(mode)
         train(10)  # the first steps of a mode pay callgrind's translation of its code
         control.zero()
         train(steps)
@@ -93,8 +86,7 @@ def child(steps: int, helper: str) -> None:
         if mode == "autolog":
             autolog.flush()  # the points of the phase, in one batch on this thread
             control.dump(b"autolog writes")
-        autolog.autolog(disable=True)
-        modes.mlflow.pytorch.autolog(disable=True)
+        modes.disable()
 
 
 def counts(dump: Path) -> dict[str, int]:
