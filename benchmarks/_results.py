@@ -55,6 +55,13 @@ def mlflow_log_metric_us(uri: str, experiment: str, calls: int, synchronous: boo
     return elapsed / calls * 1e6, run.info.run_id
 
 
+def publish(name: str, markdown: str, quick: bool) -> None:
+    """Print a benchmark's section; unless it was a quick run, write it to RESULTS.md too."""
+    print(markdown)
+    if not quick:
+        write_section(name, markdown)
+
+
 def write_section(name: str, markdown: str) -> None:
     """Replace this benchmark's section of RESULTS.md (or append it)."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import machine, write_section  # noqa: E402
+from _results import machine, publish  # noqa: E402
 
 SECTION = "bench_autolog_torch"  # its RESULTS.md section, also run by bench_autolog.py
 TARGET = 0.03
@@ -322,9 +322,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 rounds, print only")
     args = parser.parse_args()
     markdown, met = report(rounds=3 if args.quick else 7)
-    print(markdown)
-    if not args.quick:
-        write_section(SECTION, markdown)
+    publish(SECTION, markdown, args.quick)
     return 0 if met else 1
 
 

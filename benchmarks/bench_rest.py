@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import machine, mlflow_log_metric_us, write_section  # noqa: E402
+from _results import machine, mlflow_log_metric_us, publish  # noqa: E402
 
 THROUGHPUT_RATIO_TARGET = 0.8
 HOT_PATH_TARGET_US = 2.0
@@ -202,9 +202,7 @@ def main() -> None:
         f"started by the script; hot path: median of {rounds} rounds of {calls:,} calls.", "",
         table, "", "Targets:", *verdicts,
     ])
-    print(markdown)
-    if not args.quick:
-        write_section("bench_rest", markdown)
+    publish("bench_rest", markdown, args.quick)
 
 
 if __name__ == "__main__":

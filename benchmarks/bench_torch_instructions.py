@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import machine, write_section  # noqa: E402
+from _results import machine, publish  # noqa: E402
 
 SECTION = "bench_torch_instructions"
 # the order the modes run in, one process; "none" twice shows how far the counts drift
@@ -182,9 +182,7 @@ def main() -> int:
         print(f"skipped: {reason}; callgrind counts need valgrind (with its headers) and gcc")
         return 0
     markdown = report(100 if args.quick else args.steps)
-    print(markdown)
-    if not args.quick:
-        write_section(SECTION, markdown)
+    publish(SECTION, markdown, args.quick)
     return 0
 
 
