@@ -100,7 +100,6 @@ def measure(rounds: int) -> tuple[dict[str, list[float]], float]:
     import autolog
 
     torch.set_num_threads(1)
-    modes = bench.Modes(Path(tempfile.mkdtemp()))
     x, y = bench.data()
     batches = itertools.cycle(list(zip(x.split(bench.BATCH), y.split(bench.BATCH))))
     model = bench.mlp()
@@ -108,21 +107,23 @@ def measure(rounds: int) -> tuple[dict[str, list[float]], float]:
     names = ("none", *VARIANTS)
     added: dict[str, list[float]] = {name: [] for name in VARIANTS}
     plain: list[float] = []
-    with autolog.start_run():
-        for name in names:  # warm-up: every variant's first-call costs
-            with variant(name, modes):
-                bench.train_steps(model, optimizer, batches, CHUNK_STEPS)
-        for round_ in range(rounds):
-            turn = round_ % len(names)  # no variant always runs first
-            seconds = {}
-            for name in names[turn:] + names[:turn]:
+    with tempfile.TemporaryDirectory() as tmp:
+        modes = bench.Modes(Path(tmp))
+        with autolog.start_run():
+            for name in names:  # warm-up: every variant's first-call costs
                 with variant(name, modes):
-                    started = time.perf_counter()
                     bench.train_steps(model, optimizer, batches, CHUNK_STEPS)
-                    seconds[name] = time.perf_counter() - started
-            plain.append(seconds["none"] / CHUNK_STEPS * 1e6)
-            for name in VARIANTS:
-                added[name].append((seconds[name] - seconds["none"]) / CHUNK_STEPS * 1e6)
+            for round_ in range(rounds):
+                turn = round_ % len(names)  # no variant always runs first
+                seconds = {}
+                for name in names[turn:] + names[:turn]:
+                    with variant(name, modes):
+                        started = time.perf_counter()
+                        bench.train_steps(model, optimizer, batches, CHUNK_STEPS)
+                        seconds[name] = time.perf_counter() - started
+                plain.append(seconds["none"] / CHUNK_STEPS * 1e6)
+                for name in VARIANTS:
+                    added[name].append((seconds[name] - seconds["none"]) / CHUNK_STEPS * 1e6)
     return added, statistics.median(plain)
 
 
