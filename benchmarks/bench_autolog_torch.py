@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import os
 import statistics
 import sys
@@ -111,6 +112,22 @@ def train_steps(model, optimizer, batches, steps: int) -> None:
         optimizer.zero_grad()
         loss_fn(model(batch_x), batch_y).backward()
         optimizer.step()
+
+
+def presliced_training():
+    """One MLP and its Adam optimizer on the pre-sliced batches: a function that trains it
+    ``steps`` steps further at each call (the loop the per-step benchmarks take apart)."""
+    import torch
+
+    x, y = data()
+    batches = itertools.cycle(list(zip(x.split(BATCH), y.split(BATCH))))
+    model = mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+
+    def train(steps: int) -> None:
+        train_steps(model, optimizer, batches, steps)
+
+    return train
 
 
 def torch_workload(data_loader: bool):

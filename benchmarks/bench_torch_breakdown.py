@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import statistics
 import sys
 import tempfile
@@ -100,10 +99,7 @@ def measure(rounds: int) -> tuple[dict[str, list[float]], float]:
     import autolog
 
     torch.set_num_threads(1)
-    x, y = bench.data()
-    batches = itertools.cycle(list(zip(x.split(bench.BATCH), y.split(bench.BATCH))))
-    model = bench.mlp()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    train = bench.presliced_training()
     names = ("none", *VARIANTS)
     added: dict[str, list[float]] = {name: [] for name in VARIANTS}
     plain: list[float] = []
@@ -112,14 +108,14 @@ def measure(rounds: int) -> tuple[dict[str, list[float]], float]:
         with autolog.start_run():
             for name in names:  # warm-up: every variant's first-call costs
                 with variant(name, modes):
-                    bench.train_steps(model, optimizer, batches, CHUNK_STEPS)
+                    train(CHUNK_STEPS)
             for round_ in range(rounds):
                 turn = round_ % len(names)  # no variant always runs first
                 seconds = {}
                 for name in names[turn:] + names[:turn]:
                     with variant(name, modes):
                         started = time.perf_counter()
-                        bench.train_steps(model, optimizer, batches, CHUNK_STEPS)
+                        train(CHUNK_STEPS)
                         seconds[name] = time.perf_counter() - started
                 plain.append(seconds["none"] / CHUNK_STEPS * 1e6)
                 for name in VARIANTS:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import itertools
 import os
 import shutil
 import subprocess
@@ -64,15 +63,10 @@ def child(steps: int, helper: str) -> None:
 
     torch.set_num_threads(1)
     control = ctypes.CDLL(helper)
-    modes = bench.Modes(Path(tempfile.mkdtemp()))  # every mode's imports, whichever runs
-    x, y = bench.data()
-    batches = itertools.cycle(list(zip(x.split(bench.BATCH), y.split(bench.BATCH))))
-    model = bench.mlp()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-
-    def train(count: int) -> None:
-        bench.train_steps(model, optimizer, batches, count)
-
+    # every mode's imports, whichever runs; the stores go in the parent's temp dir, beside
+    # the helper, which the parent removes
+    modes = bench.Modes(Path(helper).parent)
+    train = bench.presliced_training()
     autolog.start_run()  # one run throughout, so the difference is the autologging
     train(WARMUP_STEPS)
     control.start()

@@ -42,12 +42,11 @@ import os
 import re
 import threading
 import weakref
-from threading import get_ident
 from types import ModuleType
 from typing import Any
 
 from autolog.integration import INTEGRATION_TAG, Integration
-from autolog.patching import current_owner, owners
+from autolog.patching import current_owner
 from autolog.run import Run, active_run
 
 TRAIN_LOSS = "train_loss"
@@ -244,7 +243,7 @@ class TorchIntegration(Integration):
         # The loss is kept after the backward: detaching is cheaper once the graph is freed,
         # and a backward that raised has no loss to record.
         result = original(instance, *args, **kwargs)
-        if not owners or get_ident() not in owners:
+        if current_owner() is None:
             try:
                 # A plain backward() succeeds only on a real scalar; with arguments, it may
                 # have been a non-scalar or complex tensor given its gradient: no loss.
@@ -268,7 +267,7 @@ class TorchIntegration(Integration):
 
     def _on_scale(self, original, instance, args, kwargs):  # Patcher.wrap_hot's wrapper
         scaled = original(instance, *args, **kwargs)
-        if not owners or get_ident() not in owners:
+        if current_owner() is None:
             try:
                 outputs = args[0] if args else kwargs["outputs"]
                 if getattr(outputs, "numel", None) is not None and outputs.numel() == 1:
@@ -279,7 +278,7 @@ class TorchIntegration(Integration):
         return scaled
 
     def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if owners and get_ident() in owners:
+        if current_owner() is not None:
             return
         try:
             local = self._local.pending or self._pending()

@@ -153,11 +153,11 @@ def test_ownership_is_per_thread_and_a_forked_child_keeps_only_its_own(monkeypat
         other = threading.Thread(target=lambda: seen_in_other_thread.append(current_owner()))
         other.start()
         other.join()
-        monkeypatch.setitem(patching.owners, -1, "xgboost")  # a thread the child won't have
+        monkeypatch.setitem(patching._owners, -1, "xgboost")  # a thread the child won't have
         patching._keep_own_entry_after_fork()  # what a forked child runs
-        assert patching.owners == {threading.get_ident(): "sklearn"}
+        assert patching._owners == {threading.get_ident(): "sklearn"}
     assert seen_in_other_thread == [None]
-    assert current_owner() is None and patching.owners == {}
+    assert current_owner() is None and patching._owners == {}
 
 
 def test_unsupported_version_is_skipped_with_one_warning(fake, monkeypatch):
