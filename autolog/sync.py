@@ -102,8 +102,7 @@ def copy_runs(source: Store, dest: Store, experiments: Sequence[str] = (),
         if missing:
             raise StoreError(f"no experiment named {', '.join(map(repr, missing))} in {source.uri}")
         chosen = [e for e in chosen if e.name in experiments]
-    work = [(experiment, sorted(source.search_runs([experiment.experiment_id], ALL_RUNS),
-                                key=lambda r: (r.info.start_time, r.info.run_id)))
+    work = [(experiment, parents_first(source.search_runs([experiment.experiment_id], ALL_RUNS)))
             for experiment in chosen]
     report = CopyReport()
     id_map: dict[str, str] = {}  # source run id -> destination run id, for parent links
@@ -123,6 +122,25 @@ def copy_runs(source: Store, dest: Store, experiments: Sequence[str] = (),
                 bar.update(1)
                 bar.set_postfix(points=report.points, refresh=False)
     return report
+
+
+def parents_first(runs: Sequence[RunRecord]) -> list[RunRecord]:
+    """``runs`` in start order, except that a parent always comes before its nested runs,
+    so a copy's ``mlflow.parentRunId`` can name the parent's copy. Start order alone does
+    not ensure it: a parent and its child often start in the same millisecond, and a
+    clock may step back. Each run is placed once, so a cycle of parent tags (a corrupt
+    store) cannot loop."""
+    by_id = {record.info.run_id: record for record in runs}
+    ordered: list[RunRecord] = []
+    placed: set[str] = set()
+    for record in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id)):
+        chain = []  # the record and its ancestors not yet placed, innermost first
+        while record is not None and record.info.run_id not in placed:
+            placed.add(record.info.run_id)
+            chain.append(record)
+            record = by_id.get(record.tags.get(PARENT_RUN_TAG, ""))
+        ordered.extend(reversed(chain))
+    return ordered
 
 
 def _copy_run(source: Store, dest: Store, experiment: Experiment, record: RunRecord,

@@ -186,6 +186,26 @@ def test_copy_shows_progress_and_embedded_to_embedded_works(store_uri, tmp_path,
     assert copy_between(store_uri, other).runs_unchanged == 3
 
 
+def test_a_nested_run_that_starts_before_its_parent_links_to_the_parents_copy(store_uri, tmp_path):
+    source = open_store(store_uri)
+    experiment = source.get_or_create_experiment(unique("clock-stepped-back"))
+    parent = source.create_run(experiment.experiment_id, "parent", 2_000, {})
+    child = source.create_run(experiment.experiment_id, "child", 1_000,
+                              {"mlflow.parentRunId": parent.run_id})
+    source.create_run(experiment.experiment_id, "grandchild", 1_000,  # the same millisecond
+                      {"mlflow.parentRunId": child.run_id})
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert copy_between(store_uri, other).runs_created == 3
+    copied = open_store(other)
+    target = copied.get_experiment_by_name(experiment.name)
+    copies = {record.tags[SOURCE_RUN_TAG]: record
+              for record in copied.search_runs([target.experiment_id])}
+    by_name = {record.info.run_name: record for record in copies.values()}
+    assert by_name["child"].tags["mlflow.parentRunId"] == copies[parent.run_id].info.run_id
+    assert (by_name["grandchild"].tags["mlflow.parentRunId"]
+            == by_name["child"].info.run_id)
+
+
 def test_spools_held_by_a_live_process_are_left_to_it(spool_dir, unused_uri):
     autolog.set_tracking_uri(unused_uri)
     with pytest.warns(autolog.AutologWarning, match="started offline"):
