@@ -22,6 +22,7 @@ def isolated_autolog(tmp_path, monkeypatch):
                  "MLFLOW_EXPERIMENT_NAME", "AUTOLOG_DISABLE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTOLOG_SPOOL_DIR", str(tmp_path / "spool"))  # never ~/.autolog/spool
     uri = f"sqlite:///{tmp_path / 'autolog.db'}"
     monkeypatch.setenv("AUTOLOG_TRACKING_URI", uri)
     settings.tracking_uri = settings.experiment = None
