@@ -55,7 +55,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 @click.group()
-@click.version_option(package_name="autolog")
+@click.version_option(package_name="autolog-ml")
 def main() -> None:
     """autolog: see what your fits recorded."""
 

@@ -1,5 +1,8 @@
 """End-to-end demo on the embedded store (./autolog.db): one autolog() line, real fits,
-manual logging in the same run, then the run as `autolog runs show` prints it.
+each in a child run of one parent with the manual logging, then the run as `autolog runs
+show` prints it. One fit per run is how MLflow's UI compares them: three frameworks in one
+run would log three values for the params they share (XGBoost's and Lightning's
+``maximize``, say), which autolog keeps apart with a warning.
 
     .venv/bin/python examples/demo.py
 """
@@ -71,14 +74,19 @@ def main() -> None:
 
     with autolog.start_run(run_name="demo", tags={"purpose": "readme"}) as run:
         autolog.log_param("data_version", "v3")  # manual, next to the autologged params
-        train_sklearn(X, y, X_test, y_test)
-        train_xgboost(X, y, X_test, y_test)
-        train_lightning(X, y)
+        # One child run per fit, linked to this one by mlflow.parentRunId.
+        with autolog.start_run(run_name="sklearn", nested=True) as sklearn_run:
+            train_sklearn(X, y, X_test, y_test)
+        with autolog.start_run(run_name="xgboost", nested=True):
+            train_xgboost(X, y, X_test, y_test)
+        with autolog.start_run(run_name="lightning", nested=True):
+            train_lightning(X, y)
         autolog.log_metric("test_acc", float(((X_test[:, 0] + X_test[:, 1] > 0) == y_test).mean()))
 
-    print(f"\n$ autolog runs show {run.id}")
     cli = shutil.which("autolog") or os.path.join(os.path.dirname(sys.executable), "autolog")
-    subprocess.run([cli, "runs", "show", run.id], check=True)
+    for command in (["runs", "list"], ["runs", "show", run.id], ["runs", "show", sklearn_run.id]):
+        print(f"\n$ autolog {' '.join(command)}")
+        subprocess.run([cli, *command], check=True)
 
 
 if __name__ == "__main__":
