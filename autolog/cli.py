@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def _open(tracking_uri: str | None) -> Store:
         return open_store(uri, create=False)
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except sqlite3.Error as exc:  # a file that is not a store (a sqlite:// URI has no password)
+        raise click.ClickException(f"cannot read {uri}: {exc}") from exc
 
 
 def _time(ms: int | None) -> str:
@@ -54,7 +57,23 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-@click.group()
+# What a store, a server or a file can do wrong while a command runs: the user's to fix.
+OPERATIONAL_ERRORS = (StoreError, sqlite3.Error, OSError)
+
+
+class _Commands(click.Group):
+    """A store that cannot be read, a server that does not answer, a file that is not a
+    store: one line and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OPERATIONAL_ERRORS as exc:
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            raise click.ClickException(message) from exc
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="autolog-ml")
 def main() -> None:
     """autolog: see what your fits recorded."""

@@ -12,6 +12,8 @@ from click.testing import CliRunner
 import autolog
 from autolog.cli import main
 
+pytest_plugins = ("mlflow_server",)
+
 
 @pytest.fixture
 def logged_run(store_uri):
@@ -76,3 +78,34 @@ def test_installed_console_script(logged_run, store_uri):
     out = subprocess.run([executable, "runs", "show", logged_run.id, "--tracking-uri", store_uri],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "lr = 0.1" in out.stdout
+
+
+@pytest.fixture
+def broken_stores(tmp_path, unused_uri, scripted_server):
+    """A tracking URI per operational failure, each as a user meets it."""
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"not a database " * 400)
+    scripted_server.script = [(500, {"error_code": "INTERNAL_ERROR", "message": "boom"})] * 20
+    return {
+        "server down": unused_uri,
+        "https to an http server": scripted_server.uri.replace("http://", "https://"),
+        "server error": scripted_server.uri,
+        "missing file": f"sqlite:///{tmp_path / 'absent.db'}",
+        "corrupt file": f"sqlite:///{corrupt}",
+    }
+
+
+@pytest.mark.parametrize("command", [["runs", "list"], ["runs", "show", "0123"],
+                                     ["experiments", "list"]], ids=" ".join)
+@pytest.mark.parametrize("failure", ["server down", "https to an http server", "server error",
+                                     "missing file", "corrupt file"])
+def test_an_operational_error_is_one_line_and_a_non_zero_exit(command, failure, broken_stores,
+                                                              monkeypatch):
+    from autolog.stores import mlflow_rest
+
+    monkeypatch.setattr(mlflow_rest, "BACKOFF_FACTOR_S", 0.01)
+    out = invoke(*command, "--tracking-uri", broken_stores[failure])  # raises if it escapes
+    assert out.exit_code == 1, out.output
+    lines = out.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), out.output
+    assert "Traceback" not in out.output
