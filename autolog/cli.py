@@ -7,13 +7,21 @@ import json
 import math
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from autolog.config import settings
 from autolog.stores import open_store
-from autolog.stores.base import RunRecord, Store, StoreError
+from autolog.stores.base import (
+    KILLED,
+    TERMINAL_STATUSES,
+    RunNotFoundError,
+    RunRecord,
+    Store,
+    StoreError,
+)
 
 _TRACKING_URI = click.option(
     "--tracking-uri",
@@ -125,6 +133,42 @@ def runs_show(run_id: str, tracking_uri: str | None, as_json: bool) -> None:
         click.echo(json.dumps(_json_safe(record.to_dict()), indent=2))
         return
     click.echo(_describe(record))
+
+
+@runs.command("end")
+@click.argument("run_ids", metavar="RUN_ID...", nargs=-1, required=True)
+@click.option("--status", type=click.Choice(TERMINAL_STATUSES), default=KILLED, show_default=True,
+              help="The status the runs end with.")
+@_TRACKING_URI
+def runs_end(run_ids: tuple[str, ...], status: str, tracking_uri: str | None) -> None:
+    """End runs that a dead job left RUNNING (killed with SIGKILL, or its machine lost).
+
+    A run that has already ended is left as it is. Writes to a server go straight to it,
+    not through the spool, so the command says whether they arrived.
+    """
+    from autolog.sync import open_for_copy
+
+    uri = tracking_uri or settings.resolved_tracking_uri()
+    try:
+        store = open_for_copy(uri, create=False)
+    except (StoreError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    now = int(time.time() * 1000)
+    missing = []
+    for run_id in run_ids:
+        try:
+            record = store.get_run(run_id)
+        except RunNotFoundError as exc:
+            missing.append(run_id)
+            click.echo(f"{run_id}: {exc}", err=True)
+            continue
+        if record.info.status in TERMINAL_STATUSES:
+            click.echo(f"{run_id}: already {record.info.status}, left as it is")
+            continue
+        store.update_run(run_id, status, now)
+        click.echo(f"{run_id}: {record.info.status} -> {status}")
+    if missing:
+        sys.exit(1)
 
 
 def _describe(record: RunRecord) -> str:

@@ -1,7 +1,9 @@
 """The `autolog` command: runs list/show, experiments list, clear errors."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +111,47 @@ def test_an_operational_error_is_one_line_and_a_non_zero_exit(command, failure, 
     lines = out.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), out.output
     assert "Traceback" not in out.output
+
+
+def _killed_job(tracking_uri: str, tmp_path: Path) -> str:
+    """A job that starts a run, logs, and dies by SIGKILL: the run is left RUNNING."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, signal, autolog\n"
+        "run = autolog.start_run(run_name='dead job')\n"
+        "autolog.log_metric('loss', 0.5)\n"
+        "autolog.flush()\n"
+        "print(run.id, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    env = {**os.environ, "AUTOLOG_TRACKING_URI": tracking_uri}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    return done.stdout.split()[0]
+
+
+def test_runs_end_closes_what_a_killed_job_left_running(store_uri, tmp_path):
+    run_id = _killed_job(store_uri, tmp_path)
+    assert autolog.get_run(run_id).status == "RUNNING"
+    out = invoke("runs", "end", run_id)
+    assert out.exit_code == 0 and out.output == f"{run_id}: RUNNING -> KILLED\n"
+    ended = autolog.get_run(run_id)
+    assert ended.status == "KILLED" and ended.info.end_time is not None
+    assert ended.metrics == {"loss": 0.5}
+
+    again = invoke("runs", "end", run_id, "--status", "FAILED")
+    assert again.exit_code == 0 and "already KILLED, left as it is" in again.output
+    assert autolog.get_run(run_id).status == "KILLED"
+
+    missing = CliRunner().invoke(main, ["runs", "end", "0123", run_id])
+    assert missing.exit_code == 1 and "no run '0123'" in missing.output
+
+
+def test_runs_end_on_a_server_as_mlflow_sees_it(sqlite_server, spool_dir, tmp_path):
+    run_id = _killed_job(sqlite_server.uri, tmp_path)
+    client = sqlite_server.client()
+    assert client.get_run(run_id).info.status == "RUNNING"
+    out = invoke("runs", "end", run_id, "--status", "FAILED", "--tracking-uri", sqlite_server.uri)
+    assert out.exit_code == 0, out.output
+    info = client.get_run(run_id).info
+    assert info.status == "FAILED" and info.end_time is not None
