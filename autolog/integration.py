@@ -36,6 +36,9 @@ from autolog.stores.base import FAILED, FINISHED, KILLED
 ENTRY_POINT_GROUP = "autolog.integrations"
 INTEGRATION_TAG = "autolog.integration"
 _fit_runs: weakref.WeakSet[Run] = weakref.WeakSet()  # the runs fit_run() created
+# Runs started for logging that has no end of its own (a plain PyTorch loop, a
+# SummaryWriter call): they stay active after the call that started them.
+_lingering: weakref.WeakSet[Run] = weakref.WeakSet()
 
 
 class Integration:
@@ -75,8 +78,13 @@ class Integration:
         KILLED on Ctrl-C. Yields None if autolog could not start a run (one warning).
 
         A run that a fit in another thread created is not joined: two fits in two threads,
-        with no run of the user's, get a run each."""
+        with no run of the user's, get a run each. Nor is a lingering run (see
+        :meth:`lingering_run`): it ends FINISHED here, and the fit gets a run of its own."""
         run = active_run()
+        if run is not None and run in _lingering:
+            _lingering.discard(run)
+            self._end(run, FINISHED)
+            run = active_run()
         if run is not None and (run not in _fit_runs or run is own_run()):
             yield run
             return
@@ -95,6 +103,17 @@ class Integration:
             self._end(created, FAILED)
             raise
         self._end(created, FINISHED)
+
+    def lingering_run(self) -> Run:
+        """A new run for logging that has no end of its own (a plain PyTorch loop, a
+        SummaryWriter call outside any fit): it stays the active run until
+        ``autolog.end_run()``, the process's exit, or the next fit, which ends it FINISHED
+        rather than logging into it."""
+        from autolog.api import start_run
+
+        run = start_run(tags={INTEGRATION_TAG: self.name})
+        _lingering.add(run)
+        return run
 
     def _end(self, run: Run | None, status: str) -> None:
         if run is not None:

@@ -27,8 +27,10 @@ starts one tagged ``autolog.integration=torch`` (not the optimizer's constructio
 building an optimizer that never steps, to load a checkpoint say, starts no run). A
 plain loop has no end that autolog could see, so that run stays the active run, as
 MLflow's implicit runs do, and ends when the process exits: FINISHED, or FAILED after an
-uncaught exception (the core's exit handler); ``autolog.end_run()`` ends it sooner. Open
-a run with ``autolog.start_run()`` to bound it yourself. An optimizer created outside any
+uncaught exception (the core's exit handler); ``autolog.end_run()`` ends it sooner, and
+so does the next autologged fit (a Lightning ``fit`` after a stray ``Trainer.predict``
+whose TensorBoard logger wrote ``hp_metric``, say), which gets a run of its own. Open a
+run with ``autolog.start_run()`` to bound it yourself. An optimizer created outside any
 run logs its params into the run it first steps in.
 
 Silence: inside any other autologged call (a Lightning ``fit``) this integration logs
@@ -45,7 +47,7 @@ import weakref
 from types import ModuleType
 from typing import Any
 
-from autolog.integration import INTEGRATION_TAG, Integration
+from autolog.integration import Integration
 from autolog.patching import current_owner
 from autolog.run import Run, active_run
 
@@ -215,9 +217,7 @@ class TorchIntegration(Integration):
             if not is_rank_zero():
                 loop = self._cached = _Loop(None, log=False)
                 return loop
-            from autolog.api import start_run
-
-            run = start_run(tags={INTEGRATION_TAG: self.name})
+            run = self.lingering_run()
         loop = self._loops.get(run)
         if loop is None:
             loop = self._loops[run] = _Loop(run, log=is_rank_zero())

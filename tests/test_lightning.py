@@ -314,6 +314,32 @@ def test_a_test_on_its_own_gets_its_own_run(pl, tmp_path):
     assert run.status == "FINISHED" and steps(run.info.run_id, "test_loss") == [0]
 
 
+def test_a_stray_predict_never_absorbs_the_next_fit(pl, tmp_path):
+    """Lightning's default TensorBoard logger writes ``hp_metric`` through SummaryWriter in
+    a ``predict`` outside any fit: the torch integration's run for it must not take in the
+    separate fit that follows."""
+    autolog.autolog()
+
+    def predict_step(self, batch, batch_idx):
+        return self.net(batch[0])
+
+    model = regressor(pl, predict_step=predict_step)
+    trainer(pl, tmp_path, logger=True).predict(model(), loader())
+    stray = autolog.active_run()
+    assert stray is not None  # the torch integration's run for hp_metric
+    trainer(pl, tmp_path, logger=True).fit(model(), loader())
+    assert autolog.active_run() is None
+    runs = {run.info.run_id: run for run in autolog.search_runs()}
+    assert len(runs) == 2
+    first = runs.pop(stray.id)
+    (fit_run,) = runs.values()
+    assert first.status == "FINISHED" and set(first.metrics) == {"hp_metric"}
+    assert first.tags["autolog.integration"] == "torch" and not first.params
+    assert fit_run.status == "FINISHED" and fit_run.tags["autolog.integration"] == "lightning"
+    assert {"train_loss", "lr"} <= set(fit_run.metrics) and fit_run.params["optimizer_name"] == "SGD"
+    assert steps(fit_run.info.run_id, "train_loss") == [0, 1]
+
+
 def test_the_torch_integration_stays_silent_inside_a_fit(pl, tmp_path):
     autolog.autolog()
     trainer(pl, tmp_path).fit(regressor(pl)(), loader())
