@@ -307,7 +307,8 @@ class _AutologCallback:
         # read once at on_train_start, so a step does not walk Lightning's properties again:
         self._optimizers: dict[Any, int] = {}  # this Trainer's optimizers -> their index
         self._train_results: Any = None  # what trainer._results is in the training loop
-        self._train_epoch: tuple[int, dict[str, Any]] | None = None  # (epoch, snapshot)
+        self._train_epoch: tuple[int | None, dict[str, Any]] | None = None  # (epoch, snapshot)
+        self._fit_start_metrics: dict[str, Any] = {}  # snapshot at on_train_start
         self._validation: dict[str, Any] | None = None  # snapshot at validation start
 
     # Lightning calls every callback's every hook, each call inside a profiler context,
@@ -367,6 +368,7 @@ class _AutologCallback:
                 self._optimizers = {optimizer: index
                                     for index, optimizer in enumerate(trainer.optimizers)}
                 self._train_results = trainer.fit_loop.epoch_loop._results
+                self._fit_start_metrics = dict(_callback_metrics(trainer))
 
     # -- steps (every hook here runs per step: try/except, no ``with`` block) ------------------
 
@@ -436,15 +438,38 @@ class _AutologCallback:
                 self._train_epoch = (trainer.current_epoch, dict(_callback_metrics(trainer)))
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        """Log the last epoch's values, and those that callbacks which ran before this one
+        set as this epoch starts (``LearningRateMonitor(logging_interval="epoch")``'s
+        ``lr-SGD``) at this epoch. The two are told apart by name: the last epoch's are the
+        training loop's own results."""
         if self._active:
             with self._guard():
-                self._log_train_epoch(trainer)
+                if self._train_epoch is None:  # the first epoch of the fit
+                    self._train_epoch = (None, self._fit_start_metrics)
+                epoch, before = self._train_epoch
+                self._train_epoch = None
+                changed = _changed(trainer, before)
+                if epoch is not None:
+                    training = self._training_keys()
+                    self._log_at_epoch({k: v for k, v in changed.items() if k in training}, epoch)
+                    changed = {k: v for k, v in changed.items() if k not in training}
+                if changed:
+                    self._log_at_epoch(changed, trainer.current_epoch)
+
+    def _training_keys(self) -> set[str]:
+        """Every key the training loop's results give ``callback_metrics`` (reset results
+        keep their names until the next epoch logs them again)."""
+        keys: set[str] = set()
+        for result in self._train_results.values() if self._train_results is not None else ():
+            meta = result.meta
+            keys.update((meta.name, meta.forked_name(True), meta.forked_name(False)))
+        return keys
 
     def _log_train_epoch(self, trainer: Any) -> None:
         if self._train_epoch is not None:
             epoch, before = self._train_epoch
             self._train_epoch = None
-            self._log_changed(trainer, before, epoch)
+            self._log_at_epoch(_changed(trainer, before), epoch)
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         if self._active and not trainer.sanity_checking:
@@ -455,14 +480,12 @@ class _AutologCallback:
         if self._active and self._validation is not None:
             with self._guard():
                 before, self._validation = self._validation, None
-                self._log_changed(trainer, before, trainer.current_epoch)
+                self._log_at_epoch(_changed(trainer, before), trainer.current_epoch)
 
-    def _log_changed(self, trainer: Any, before: dict[str, Any], epoch: int) -> None:
-        """Log, at ``epoch``, the callback metrics Lightning has set since ``before``."""
+    def _log_at_epoch(self, values: dict[str, Any], epoch: int) -> None:
         step = epoch + self._epoch_offset
-        for key, value in _callback_metrics(trainer).items():
-            if before.get(key) is not value:
-                self._run.log_metric(metric_key(key), value, step)
+        for key, value in values.items():
+            self._run.log_metric(metric_key(key), value, step)
         axis = self._axis
         if step + 1 > axis.epochs:
             axis.epochs = step + 1
@@ -496,6 +519,12 @@ def early_stopping_metrics(early_stopping: Any) -> dict[str, Any]:
         "best_score": early_stopping.best_score,
         "wait_count": early_stopping.wait_count,
     }
+
+
+def _changed(trainer: Any, before: dict[str, Any]) -> dict[str, Any]:
+    """The callback metrics Lightning has set since the snapshot ``before``."""
+    return {key: value for key, value in _callback_metrics(trainer).items()
+            if before.get(key) is not value}
 
 
 def _callback_metrics(trainer: Any) -> dict[str, Any]:

@@ -314,6 +314,21 @@ def test_a_test_on_its_own_gets_its_own_run(pl, tmp_path):
     assert run.status == "FINISHED" and steps(run.info.run_id, "test_loss") == [0]
 
 
+def test_a_value_set_as_an_epoch_starts_is_logged_at_that_epoch(L, tmp_path):  # noqa: N803
+    """LearningRateMonitor puts ``lr-SGD`` into ``callback_metrics`` in its
+    ``on_train_epoch_start``: one point per epoch, at that epoch, the first one included
+    (as MLflow logs it), while the epoch's own values stay at their epoch."""
+    autolog.autolog()
+    monitor = L.callbacks.LearningRateMonitor(logging_interval="epoch")
+    trainer(L, tmp_path, max_epochs=3, logger=True, callbacks=[monitor]).fit(
+        regressor(L)(), loader(), loader(32, seed=1))
+    (run,) = autolog.search_runs()
+    run_id = run.info.run_id
+    assert history(run_id, "lr-SGD") == approx_points([(0, 0.05), (1, 0.025), (2, 0.0125)])
+    for key in ("train_loss_epoch", "val_loss"):
+        assert steps(run_id, key) == [0, 1, 2], key
+
+
 def test_a_stray_predict_never_absorbs_the_next_fit(pl, tmp_path):
     """Lightning's default TensorBoard logger writes ``hp_metric`` through SummaryWriter in
     a ``predict`` outside any fit: the torch integration's run for it must not take in the
