@@ -59,7 +59,7 @@ from autolog_integrations.torch_autolog import LR, metric_key, optimizer_params,
 
 from autolog.config import warn
 from autolog.integration import Integration
-from autolog.patching import current_owner, outermost
+from autolog.patching import current_owner, guard, outermost
 from autolog.run import Run, active_run
 from autolog.stores.base import FAILED, FINISHED, KILLED
 
@@ -281,6 +281,20 @@ def _settings(owner: Any, names: tuple[str, ...]) -> dict[str, Any]:
 # -- the callback ---------------------------------------------------------------------------------
 
 
+def _contained(hook):
+    """A callback hook whose every error is autolog's own (it calls no user code), so it
+    is contained: one warning (strict mode: raised), and Lightning's call goes on. It calls
+    ``__wrapped__``, so a test can make the body raise in its place. The two per-step hooks
+    contain their errors inline instead, since a ``with`` block costs them per step."""
+
+    @functools.wraps(hook)
+    def contained(self, *args, **kwargs):
+        with self._guard():
+            contained.__wrapped__(self, *args, **kwargs)
+
+    return contained
+
+
 class _AutologCallback:
     """Logs one fit of one Trainer into one run (see the module doc).
 
@@ -323,10 +337,11 @@ class _AutologCallback:
         return (silent_callback, (self._package,))
 
     def _guard(self) -> contextlib.AbstractContextManager[None]:
-        return self._integration.guard()
+        return guard(LightningIntegration.name)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
+    @_contained
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._active = (self._run is not None and os.getpid() == self._pid
                         and trainer.is_global_zero)
@@ -338,12 +353,15 @@ class _AutologCallback:
             self._silence = outermost(LightningIntegration.name)
             self._silence.__enter__()
 
+    @_contained
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self.release()
 
+    @_contained
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self.release()
 
+    @_contained
     def release(self) -> None:
         if self._lr_hook is not None:
             self._lr_hook.remove()
@@ -352,23 +370,23 @@ class _AutologCallback:
             self._silence.__exit__(None, None, None)
             self._silence = None
 
+    @_contained
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if self._active:
-            with self._guard():
-                self._run.log_autolog_params(fit_params(trainer, pl_module),
-                                             LightningIntegration.name)
+            self._run.log_autolog_params(fit_params(trainer, pl_module),
+                                         LightningIntegration.name)
 
+    @_contained
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self._active:  # after a checkpoint restored the trainer's progress
-            with self._guard():
-                axis = self._axis
-                self._last_step = trainer.global_step
-                self._step_offset = max(0, axis.steps - trainer.global_step)
-                self._epoch_offset = max(0, axis.epochs - trainer.current_epoch)
-                self._optimizers = {optimizer: index
-                                    for index, optimizer in enumerate(trainer.optimizers)}
-                self._train_results = trainer.fit_loop.epoch_loop._results
-                self._fit_start_metrics = dict(_callback_metrics(trainer))
+            axis = self._axis
+            self._last_step = trainer.global_step
+            self._step_offset = max(0, axis.steps - trainer.global_step)
+            self._epoch_offset = max(0, axis.epochs - trainer.current_epoch)
+            self._optimizers = {optimizer: index
+                                for index, optimizer in enumerate(trainer.optimizers)}
+            self._train_results = trainer.fit_loop.epoch_loop._results
+            self._fit_start_metrics = dict(_callback_metrics(trainer))
 
     # -- steps (every hook here runs per step: try/except, no ``with`` block) ------------------
 
@@ -383,9 +401,12 @@ class _AutologCallback:
         Lightning calls every callback hook inside a profiler context, about 3 µs a step. An
         optimizer of another thread lands here too; ``_log_step`` reads only this Trainer's."""
         try:
-            self._step_lrs[optimizer] = optimizer.param_groups[0]["lr"]
+            self._record_lr(optimizer)
         except Exception as exc:  # noqa: BLE001 - reported by _failed
             self._failed(exc)
+
+    def _record_lr(self, optimizer: Any) -> None:
+        self._step_lrs[optimizer] = optimizer.param_groups[0]["lr"]
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -432,29 +453,29 @@ class _AutologCallback:
 
     # -- epochs -------------------------------------------------------------------------------
 
+    @_contained
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self._active:  # the values are computed after this hook; log them at the next
-            with self._guard():
-                self._train_epoch = (trainer.current_epoch, dict(_callback_metrics(trainer)))
+            self._train_epoch = (trainer.current_epoch, dict(_callback_metrics(trainer)))
 
+    @_contained
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         """Log the last epoch's values, and those that callbacks which ran before this one
         set as this epoch starts (``LearningRateMonitor(logging_interval="epoch")``'s
         ``lr-SGD``) at this epoch. The two are told apart by name: the last epoch's are the
         training loop's own results."""
         if self._active:
-            with self._guard():
-                if self._train_epoch is None:  # the first epoch of the fit
-                    self._train_epoch = (None, self._fit_start_metrics)
-                epoch, before = self._train_epoch
-                self._train_epoch = None
-                changed = _changed(trainer, before)
-                if epoch is not None:
-                    training = self._training_keys()
-                    self._log_at_epoch({k: v for k, v in changed.items() if k in training}, epoch)
-                    changed = {k: v for k, v in changed.items() if k not in training}
-                if changed:
-                    self._log_at_epoch(changed, trainer.current_epoch)
+            if self._train_epoch is None:  # the first epoch of the fit
+                self._train_epoch = (None, self._fit_start_metrics)
+            epoch, before = self._train_epoch
+            self._train_epoch = None
+            changed = _changed(trainer, before)
+            if epoch is not None:
+                training = self._training_keys()
+                self._log_at_epoch({k: v for k, v in changed.items() if k in training}, epoch)
+                changed = {k: v for k, v in changed.items() if k not in training}
+            if changed:
+                self._log_at_epoch(changed, trainer.current_epoch)
 
     def _training_keys(self) -> set[str]:
         """Every key the training loop's results give ``callback_metrics`` (reset results
@@ -471,16 +492,16 @@ class _AutologCallback:
             self._train_epoch = None
             self._log_at_epoch(_changed(trainer, before), epoch)
 
+    @_contained
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         if self._active and not trainer.sanity_checking:
-            with self._guard():
-                self._validation = dict(_callback_metrics(trainer))
+            self._validation = dict(_callback_metrics(trainer))
 
+    @_contained
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if self._active and self._validation is not None:
-            with self._guard():
-                before, self._validation = self._validation, None
-                self._log_at_epoch(_changed(trainer, before), trainer.current_epoch)
+            before, self._validation = self._validation, None
+            self._log_at_epoch(_changed(trainer, before), trainer.current_epoch)
 
     def _log_at_epoch(self, values: dict[str, Any], epoch: int) -> None:
         step = epoch + self._epoch_offset
@@ -492,22 +513,22 @@ class _AutologCallback:
 
     # -- the end ------------------------------------------------------------------------------
 
+    @_contained
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if not self._active:
             return
-        with self._guard():
-            self._log_train_epoch(trainer)
-            step = max(self._axis.epochs - 1, 0)
-            early_stopping = trainer.early_stopping_callback
-            if early_stopping is not None and early_stopping.stopped_epoch:
-                self._run.log_metrics(early_stopping_metrics(early_stopping), step)
-            checkpoint = trainer.checkpoint_callback
-            path = getattr(checkpoint, "best_model_path", None)
-            if path:
-                self._run.set_tags({"checkpoint.best_model_path": path})
-            score = getattr(checkpoint, "best_model_score", None)
-            if score is not None:
-                self._run.log_metric("checkpoint.best_model_score", score, step)
+        self._log_train_epoch(trainer)
+        step = max(self._axis.epochs - 1, 0)
+        early_stopping = trainer.early_stopping_callback
+        if early_stopping is not None and early_stopping.stopped_epoch:
+            self._run.log_metrics(early_stopping_metrics(early_stopping), step)
+        checkpoint = trainer.checkpoint_callback
+        path = getattr(checkpoint, "best_model_path", None)
+        if path:
+            self._run.set_tags({"checkpoint.best_model_path": path})
+        score = getattr(checkpoint, "best_model_score", None)
+        if score is not None:
+            self._run.log_metric("checkpoint.best_model_score", score, step)
 
 
 def early_stopping_metrics(early_stopping: Any) -> dict[str, Any]:

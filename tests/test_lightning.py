@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pickle
 from collections import Counter
@@ -411,6 +412,82 @@ def test_a_fault_in_the_callback_is_one_warning_and_training_goes_on(pl, tmp_pat
     for trained, reference in zip(model.parameters(), baseline.parameters()):
         assert torch.equal(trained, reference)
     assert autolog.search_runs()[0].status == "FINISHED"
+
+
+def _callback_hooks() -> list[str]:
+    """Every hook of autolog's callback, each contained or per-step (by its body's name)."""
+    contained = [name for name, value in vars(lightning_autolog._AutologCallback).items()
+                 if hasattr(value, "__wrapped__")]
+    return sorted(contained) + ["_log_step", "_record_lr"]
+
+
+def _inject(monkeypatch, name: str, fault: Exception) -> None:
+    def broken(*args, **kwargs):
+        raise fault
+
+    hook = vars(lightning_autolog._AutologCallback)[name]
+    if hasattr(hook, "__wrapped__"):
+        monkeypatch.setattr(hook, "__wrapped__", broken)
+    else:
+        monkeypatch.setattr(lightning_autolog._AutologCallback, name, broken)
+
+
+def _remove_step_hooks_left_by_a_faulty_release() -> None:
+    from torch.optim.optimizer import _global_optimizer_post_hooks
+
+    for key, hook in list(_global_optimizer_post_hooks.items()):
+        if hook in our_step_hooks():
+            del _global_optimizer_post_hooks[key]
+
+
+def test_the_callback_hooks_are_all_covered_here():
+    assert set(_callback_hooks()) >= {
+        "setup", "teardown", "on_exception", "release", "on_fit_start", "on_train_start",
+        "on_train_epoch_start", "on_train_epoch_end", "on_validation_start", "on_validation_end",
+        "on_train_end", "_log_step", "_record_lr"}
+
+
+@pytest.mark.parametrize("hook", _callback_hooks())
+def test_a_fault_in_any_callback_hook_is_one_warning_and_the_fit_goes_on(pl, tmp_path,
+                                                                        monkeypatch, hook):
+    monkeypatch.setenv("AUTOLOG_STRICT", "0")
+    failing_fit = hook == "on_exception"  # Lightning calls it only when the fit raises
+
+    def diverges(self, batch, batch_idx):
+        raise ArithmeticError("the user's own error")
+
+    model_class = regressor(pl, training_step=diverges) if failing_fit else regressor(pl)
+    baseline = model_class()
+    with contextlib.suppress(ArithmeticError):
+        trainer(pl, tmp_path).fit(baseline, loader(), loader(32, seed=1))
+    fault = Fault(f"injected into {hook}")
+    _inject(monkeypatch, hook, fault)
+    autolog.autolog()
+    model = model_class()
+    with pytest.warns(autolog.AutologWarning) as warned:
+        fit = trainer(pl, tmp_path)
+        if failing_fit:
+            with pytest.raises(ArithmeticError, match="the user's own error"):
+                fit.fit(model, loader(), loader(32, seed=1))
+        else:
+            fit.fit(model, loader(), loader(32, seed=1))
+    ours = [w for w in warned if w.category is autolog.AutologWarning]
+    assert len(ours) == 1 and str(fault) in str(ours[0].message)
+    assert fit.global_step == (0 if failing_fit else 2 * BATCHES)
+    for trained, reference in zip(model.parameters(), baseline.parameters()):
+        assert torch.equal(trained, reference)
+    (run,) = autolog.search_runs()
+    assert run.status == ("FAILED" if failing_fit else "FINISHED")
+    _remove_step_hooks_left_by_a_faulty_release()
+
+
+@pytest.mark.parametrize("hook", sorted(set(_callback_hooks()) - {"on_exception"}))
+def test_in_strict_mode_a_fault_in_any_callback_hook_raises(pl, tmp_path, monkeypatch, hook):
+    _inject(monkeypatch, hook, Fault(f"strict mode surfaces {hook}"))
+    autolog.autolog()
+    with pytest.raises(Fault, match=f"strict mode surfaces {hook}"):
+        trainer(pl, tmp_path).fit(regressor(pl)(), loader(), loader(32, seed=1))
+    _remove_step_hooks_left_by_a_faulty_release()
 
 
 def test_in_strict_mode_a_fault_in_the_callback_raises(pl, tmp_path, monkeypatch):
