@@ -15,7 +15,7 @@ import sklearn
 from autolog_integrations import sklearn_autolog
 from joblib import parallel_backend
 from sklearn import metrics as skm
-from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, TransformerMixin
 from sklearn.cluster import DBSCAN, KMeans
 from sklearn.datasets import make_classification, make_regression
 from sklearn.decomposition import PCA
@@ -171,6 +171,24 @@ def test_regressor_metrics(on):
     assert logged["training_mean_absolute_error"] == pytest.approx(skm.mean_absolute_error(y, y_pred))
     assert logged["training_r2_score"] == pytest.approx(skm.r2_score(y, y_pred))
     assert logged["training_score"] == pytest.approx(model.score(X, y))
+
+
+class NanRegressor(RegressorMixin, BaseEstimator):
+    """A model whose predictions are not numbers (a diverged fit)."""
+
+    def fit(self, X, y):
+        self.fitted_ = True
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), np.nan)
+
+
+def test_a_metric_of_nan_predictions_is_left_out_not_logged_as_nan(on):
+    X, y = make_regression(50, 3, random_state=0)
+    NanRegressor().fit(X, y)  # scikit-learn refuses NaN predictions: MLflow logs nothing
+    run = only_run()
+    assert run.metrics == {} and run.tags["estimator_name"] == "NanRegressor"
 
 
 def test_clusterers_log_their_score_where_one_exists(on, data):
