@@ -76,6 +76,9 @@ class SklearnIntegration(Integration):
     supported = ">=1.3"
     default_options = {
         "max_tuning_runs": 5,  # child runs of a search, best first; None: all
+        # training_* metrics predict over the whole training set: for a model whose predict
+        # costs as much as its fit (SVC, k-NN) they double the fit; False skips them
+        "log_training_metrics": True,
         "log_post_training_metrics": True,
         "pos_label": None,  # binary precision/recall/F1 for this label instead of weighted
         "exclude": EXCLUDED_BY_DEFAULT,
@@ -246,8 +249,10 @@ class SklearnIntegration(Integration):
                 run.set_tags(_estimator_tags(estimator))
             result = wrapped(*args, **kwargs)
             with self.guard():
-                X, y, sample_weight = _fit_data(wrapped, args, kwargs)
-                metrics = training_metrics(estimator, X, y, sample_weight, self.options["pos_label"])
+                metrics = {}
+                if self.options["log_training_metrics"]:
+                    X, y, sample_weight = _fit_data(wrapped, args, kwargs)
+                    metrics = training_metrics(estimator, X, y, sample_weight, self.options["pos_label"])
                 if search:
                     self._log_search(run, estimator, metrics)
                 for key, value in metrics.items():

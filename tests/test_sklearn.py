@@ -15,7 +15,7 @@ import sklearn
 from autolog_integrations import sklearn_autolog
 from joblib import parallel_backend
 from sklearn import metrics as skm
-from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, TransformerMixin
 from sklearn.cluster import DBSCAN, KMeans
 from sklearn.datasets import make_classification, make_regression
 from sklearn.decomposition import PCA
@@ -173,6 +173,24 @@ def test_regressor_metrics(on):
     assert logged["training_score"] == pytest.approx(model.score(X, y))
 
 
+class NanRegressor(RegressorMixin, BaseEstimator):
+    """A model whose predictions are not numbers (a diverged fit)."""
+
+    def fit(self, X, y):
+        self.fitted_ = True
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), np.nan)
+
+
+def test_a_metric_of_nan_predictions_is_left_out_not_logged_as_nan(on):
+    X, y = make_regression(50, 3, random_state=0)
+    NanRegressor().fit(X, y)  # scikit-learn refuses NaN predictions: MLflow logs nothing
+    run = only_run()
+    assert run.metrics == {} and run.tags["estimator_name"] == "NanRegressor"
+
+
 def test_clusterers_log_their_score_where_one_exists(on, data):
     X, _ = data
     model = KMeans(n_clusters=3, n_init=2, random_state=0).fit(X)
@@ -182,6 +200,47 @@ def test_clusterers_log_their_score_where_one_exists(on, data):
     DBSCAN(eps=3.0).fit(X)  # no score: params only
     dbscan = next(r for r in runs() if r.tags["estimator_name"] == "DBSCAN")
     assert dbscan.metrics == {} and dbscan.params["eps"] == "3.0"
+
+
+class CountingClassifier(VoteClassifier):
+    """Counts its predictions: the training metrics make one over the whole training set."""
+
+    def predict(self, X):
+        self.predictions = getattr(self, "predictions", 0) + 1
+        return super().predict(X)
+
+
+def test_training_metrics_can_be_skipped_and_params_and_post_training_metrics_stay(data):
+    X, y = data
+    autolog.autolog()
+    default = CountingClassifier().fit(X, y)
+    assert default.predictions == 1  # the training metrics' prediction
+    autolog.autolog(sklearn={"log_training_metrics": False})
+    model = CountingClassifier(bias=0.1).fit(X[:150], y[:150])
+    assert getattr(model, "predictions", 0) == 0  # the fit predicted nothing
+    X_test = X[150:]
+    accuracy = skm.accuracy_score(y[150:], model.predict(X_test))
+    model.score(X_test, y[150:])
+    search = GridSearchCV(LogisticRegression(), {"C": [0.1, 1.0, 10.0]}, cv=2).fit(X, y)
+
+    by_name = {}
+    for run in runs():
+        if "mlflow.parentRunId" not in run.tags:
+            by_name[(run.tags["estimator_name"], run.params.get("bias"))] = run
+    assert set(by_name["CountingClassifier", "0.0"].metrics) == {
+        "training_accuracy_score", "training_precision_score", "training_recall_score",
+        "training_f1_score", "training_score"}
+    skipped = by_name["CountingClassifier", "0.1"]
+    assert skipped.params == {"bias": "0.1"}
+    assert skipped.tags["estimator_class"].endswith(".CountingClassifier")
+    assert skipped.metrics == {"accuracy_score_X_test": pytest.approx(accuracy),
+                               "CountingClassifier_score_X_test": pytest.approx(accuracy)}
+    parent = by_name["GridSearchCV", None]
+    assert parent.params["best_C"] == str(search.best_params_["C"])
+    assert parent.metrics == {"best_cv_score": pytest.approx(search.best_score_)}
+    kids = children(parent.run_id)
+    assert len(kids) == 3 and all("mean_test_score" in kid.metrics for kid in kids)
+    assert not any(key.startswith("training_") for kid in kids for key in kid.metrics)
 
 
 def test_fit_inside_a_user_run_logs_there_next_to_manual_logging(on, data):
