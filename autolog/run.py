@@ -370,8 +370,13 @@ def _install_sigterm_handler() -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    end_runs_at_exit(KILLED)
-    shutdown()
+    # In a thread of its own: the main thread, interrupted here, may hold a lock the
+    # shutdown needs (the run context's, the spool's); then the wait below is what ends.
+    writer = get_writer()
+    worker = threading.Thread(target=shutdown, args=(KILLED,), name="autolog-sigterm",
+                              daemon=True)
+    worker.start()
+    worker.join(2 * writer.exit_timeout + writer.end_timeout)
     previous = _previous_sigterm
     if callable(previous):
         previous(signum, frame)

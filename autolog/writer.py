@@ -104,33 +104,34 @@ class Writer:
         when a write failed (the data is kept) or the lock was not had in ``lock_timeout``."""
         if not self._io_lock.acquire(timeout=lock_timeout):
             return False
-        try:
-            wrote = self._write_params_and_tags(run)
-            wrote += self._write_metrics(run)
-            if run.final_status is not None:
-                run.store.update_run(run.id, run.final_status, run.end_time)
-                wrote += 1
+        try:  # the warnings too are given under the lock: a flush that follows sees them
+            try:
+                wrote = self._write_params_and_tags(run)
+                wrote += self._write_metrics(run)
+                if run.final_status is not None:
+                    run.store.update_run(run.id, run.final_status, run.end_time)
+                    wrote += 1
+                    self._runs.pop(id(run), None)
+            except RunNotFoundError as exc:
                 self._runs.pop(id(run), None)
-        except RunNotFoundError as exc:
-            self._runs.pop(id(run), None)
-            points = run.pending_count()
-            run.discard_pending()
-            _warn(f"run {run.id} no longer exists in {run.store.uri}; its {points} pending "
-                  f"metric points were dropped: {exc}")
-            return False
-        except Exception as exc:  # noqa: BLE001 - any store failure keeps the data
-            failing = id(run) in self._failing
-            self._failing[id(run)] = time.monotonic()
-            if not failing:
-                _warn(f"could not write to {run.store.uri} for run {run.id} "
-                      f"({type(exc).__name__}: {exc}); the data is kept and retried")
-            return False
+                points = run.pending_count()
+                run.discard_pending()
+                _warn(f"run {run.id} no longer exists in {run.store.uri}; its {points} pending "
+                      f"metric points were dropped: {exc}")
+                return False
+            except Exception as exc:  # noqa: BLE001 - any store failure keeps the data
+                failing = id(run) in self._failing
+                self._failing[id(run)] = time.monotonic()
+                if not failing:
+                    _warn(f"could not write to {run.store.uri} for run {run.id} "
+                          f"({type(exc).__name__}: {exc}); the data is kept and retried")
+                return False
+            if wrote and self._failing.pop(id(run), None) is not None:
+                warnings.warn(f"autolog: writing run {run.id} to {run.store.uri} works again",
+                              AutologWarning, stacklevel=2)
+            return True
         finally:
             self._io_lock.release()
-        if wrote and self._failing.pop(id(run), None) is not None:
-            warnings.warn(f"autolog: writing run {run.id} to {run.store.uri} works again",
-                          AutologWarning, stacklevel=2)
-        return True
 
     def finish(self, run: Run) -> bool:
         """Write an ended run's data and status, retrying for at most ``end_timeout``;
@@ -451,10 +452,11 @@ def get_writer() -> Writer:
 _shut_down = False
 
 
-def shutdown() -> None:
-    """End open runs, give the writer its bounded time, spool what the stores did not
-    take, then close the stores (a remote store's close drains its spool within the same
-    limit). Runs at interpreter exit, or first at SIGTERM (then at exit it does nothing)."""
+def shutdown(status: str | None = None) -> None:
+    """End open runs (``status``: see :func:`autolog.run.end_runs_at_exit`), give the
+    writer its bounded time, spool what the stores did not take, then close the stores (a
+    remote store's close drains its spool within the same limit). Runs at interpreter
+    exit, or first at SIGTERM (then at exit it does nothing)."""
     global _shut_down
     from autolog import run as run_module  # the module imports this one
     from autolog.stores import close_all
@@ -462,7 +464,7 @@ def shutdown() -> None:
     if _shut_down:
         return
     _shut_down = True
-    run_module.end_runs_at_exit()
+    run_module.end_runs_at_exit(status)
     left = _writer.close()
     lines = _writer.keep_at_exit(left)
     _writer.fallback.close()
