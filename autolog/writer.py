@@ -168,12 +168,13 @@ class Writer:
             return  # memory grows rather than lose points; the failure was said
         taken = [_take(run.metric_queue, len(run.metric_queue)),
                  _take(run.lazy_metric_queue, len(run.lazy_metric_queue))]
-        rows = taken[0] + _convert(taken[1])
         try:
-            self.fallback.keep(run, rows)
-        except Exception as exc:  # noqa: BLE001 - no room anywhere: keep them queued
+            self.fallback.keep(run, taken[0] + _convert(taken[1]))
+        except BaseException as exc:  # no room anywhere (or a warning made an error)
             run.metric_queue.extendleft(reversed(taken[0]))
             run.lazy_metric_queue.extendleft(reversed(taken[1]))
+            if not isinstance(exc, Exception):
+                raise
             _warn(f"{run.pending_count()} metric points of run {run.id} wait in memory: "
                   f"{run.store.uri} does not take them and the spool in "
                   f"{self.fallback.directory()} cannot be written ({type(exc).__name__}: {exc})")
@@ -290,8 +291,10 @@ class Writer:
             self.fallback.keep(run, rows, params, tags, status=run.final_status,
                                end_time=run.end_time)
         except Exception as exc:  # noqa: BLE001 - nowhere left to keep them: say so
-            lines.append(f"{len(rows)} metric points of run {run.id} could not be written to "
-                         f"{run.store.uri}, nor kept in a spool in {self.fallback.directory()} "
+            what = f"{len(rows)} metric points" + (
+                f" and the status {run.final_status}" if run.final_status else "")
+            lines.append(f"{what} of run {run.id} could not be written to {run.store.uri}, nor "
+                         f"kept in a spool in {self.fallback.directory()} "
                          f"({type(exc).__name__}: {exc}); they are lost")
             return lines
         if run.id not in self.fallback.kept:  # nothing was left to keep after all

@@ -155,6 +155,36 @@ def test_a_full_disk_spools_at_exit_and_sync_writes_every_point(tmp_path, small_
     assert list((tmp_path / "spool").glob("*.spool")) == []  # sent and removed
 
 
+def test_a_full_disk_under_the_store_and_the_spool_says_how_many_points_are_lost(
+        tmp_path, small_tmpfs):
+    db_path = small_tmpfs / "autolog.db"
+    spool_dir = small_tmpfs / "spool"
+    script = textwrap.dedent("""
+        import autolog
+        run = autolog.start_run()
+        print(run.id, flush=True)
+        with open(r"{filler}", "wb", buffering=0) as filler:
+            try:  # the rest of the disk: not even the spool has room
+                while True:
+                    filler.write(bytes(4096))
+            except OSError:
+                pass
+        for step in range(40_000):
+            autolog.log_metric("m", float(step), step=step)
+    """).format(filler=small_tmpfs / "filler")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**_env(tmp_path, db_path), "AUTOLOG_SPOOL_DIR": str(spool_dir)},
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    run_id = out.stdout.strip()
+    assert re.search(
+        rf"autolog: 40000 metric points and the status FINISHED of run {run_id} could not be "
+        rf"written to sqlite:///{re.escape(str(db_path))}, nor kept in a spool in "
+        rf"{re.escape(str(spool_dir))} \(.*full.*\); they are lost", out.stderr), out.stderr
+    assert "kept in" not in out.stderr.replace("nor kept in", "")  # no false comfort
+    assert _stored(db_path, run_id) == ([], "RUNNING")  # indeed: none of them is anywhere
+
+
 _LOG_AFTER_GO = textwrap.dedent("""
     import sys, autolog
     run = autolog.start_run()
