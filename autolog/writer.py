@@ -19,7 +19,9 @@ Nothing is discarded because a write failed:
 - Back-pressure: past ``HIGH_WATER_POINTS`` pending points (:mod:`autolog.run`) the
   training thread waits for the writer at most ``AUTOLOG_BACKPRESSURE_WAIT`` seconds
   (default 0.5), and not at all while the run's writes are failing; what the store has
-  still not taken then goes to the fallback spool, so memory stays bounded. Lazy values
+  still not taken then goes to the fallback spool, so memory stays bounded. One call
+  waits at most that long plus one spill (about 0.1 s per 50,000 points, fsync included;
+  the first spill of the process also opens the spool, about 0.5 s more). Lazy values
   (numpy, torch) spilled there are converted on the training thread, in that rare case.
 - At exit the writer gets ``AUTOLOG_EXIT_TIMEOUT`` seconds (default 10) to finish; what
   the store still cannot take goes to the fallback spool, and one line per run says how
