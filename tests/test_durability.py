@@ -190,6 +190,8 @@ _LOG_AFTER_GO = textwrap.dedent("""
     run = autolog.start_run()
     print(run.id, flush=True)
     sys.stdin.readline()  # the parent locks the store meanwhile
+    autolog.log_param("lr", 0.1)
+    autolog.set_tag("team", "vision")
     for step in range({points}):
         autolog.log_metric("m", float(step), step=step)
 """)
@@ -221,6 +223,8 @@ def test_a_store_locked_at_exit_spools_and_sync_writes_every_point(tmp_path):
     assert _stored(db_path, run_id) == ([], "RUNNING")
     assert "sent 20,000 metric points" in _sync(tmp_path / "spool")
     assert _stored(db_path, run_id) == (list(range(20_000)), "FINISHED")
+    record = SQLiteStore(f"sqlite:///{db_path}", create=False).get_run(run_id)
+    assert record.params == {"lr": "0.1"} and record.tags["team"] == "vision"
 
 
 def test_sync_leaves_the_spool_while_the_store_is_still_locked(tmp_path):
