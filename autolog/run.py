@@ -5,6 +5,15 @@ deque append. Values that are not plain ``int``/``float`` (numpy, torch) go to a
 queue as they are and are converted by the writer thread, so a CUDA tensor never syncs
 on the training thread.
 
+Past ``HIGH_WATER_POINTS`` queued points a logging call hands over to the writer, which
+makes it wait a bounded time (``AUTOLOG_BACKPRESSURE_WAIT``, see :mod:`autolog.writer`).
+
+Ending: a run ends when ``end()`` is called, when the interpreter exits (FINISHED, or
+FAILED after an uncaught exception), or on SIGTERM (KILLED): the first run started from
+the main thread installs a SIGTERM handler that ends the open runs, writes what is
+pending within the exit timeout (spooling the rest, as at exit), then chains to the
+handler that was there before (the default one terminates the process as SIGTERM would).
+
 Which run is active: each thread has a stack of the runs it started; a thread that has
 started none sees the stack of the thread that started the first run still open (so a
 run started in the main thread is the active run of DataLoader or worker threads too).
@@ -13,6 +22,7 @@ run started in the main thread is the active run of DataLoader or worker threads
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -29,20 +39,21 @@ from autolog.validation import (
     check_timestamp_ms,
     metric_value_kind,
 )
-from autolog.writer import get_writer
+from autolog.writer import get_writer, shutdown
 
-HIGH_WATER_POINTS = 250_000  # a queue this long is drained by the caller (bounded memory)
+HIGH_WATER_POINTS = 250_000  # past this many queued points, back-pressure (bounded memory)
 
 _checked_metric_keys: set[str] = set()
 _time = time.time
 _INTERNAL_PACKAGES = ("autolog", "autolog_integrations", "wrapt")
 
 
-class _EndedQueue:
-    """Stands in for an ended run's queues so a late ``log_metric`` fails loudly without
-    an extra check on the hot path."""
+class _EndedQueue(deque):
+    """An ended run's queue: what was pending stays in it for the writer, and a late
+    ``log_metric`` fails loudly without an extra check on the hot path."""
 
     def __init__(self, run_id: str):
+        super().__init__()
         self.run_id = run_id
 
     def append(self, _item: object) -> None:
@@ -50,12 +61,6 @@ class _EndedQueue:
             f"run {self.run_id} has ended; start a new run, or resume this one with "
             f"autolog.start_run(run_id={self.run_id!r})"
         )
-
-    def __len__(self) -> int:
-        return 0
-
-    def __bool__(self) -> bool:
-        return False
 
 
 def user_call_site(skip: tuple[str, ...] = ()) -> str:
@@ -137,7 +142,7 @@ class Run:
         queue.append((key, value, int(_time() * 1000) if timestamp is None
                       else check_timestamp_ms(timestamp), step))
         if len(queue) > HIGH_WATER_POINTS:
-            self._writer.drain(self)
+            self._writer.relieve(self, HIGH_WATER_POINTS)
 
     def log_checked_tensor(self, key: str, tensor: Any, step: int) -> None:
         """The per-step path of the torch and Lightning integrations: queue a scalar tensor
@@ -150,7 +155,7 @@ class Run:
         queue = self.lazy_metric_queue
         queue.append((key, tensor, int(_time() * 1000), step))
         if len(queue) > HIGH_WATER_POINTS:
-            self._writer.drain(self)
+            self._writer.relieve(self, HIGH_WATER_POINTS)
 
     def log_metrics(
         self, metrics: dict[str, Any], step: int | None = None, timestamp: int | None = None
@@ -201,16 +206,36 @@ class Run:
     # -- lifecycle ------------------------------------------------------------------------
 
     def end(self, status: str = FINISHED) -> None:
-        """End the run: write everything pending, then the status (idempotent)."""
+        """End the run: write everything pending, then the status (idempotent).
+
+        Waits at most ``AUTOLOG_END_TIMEOUT`` seconds for the store (see
+        :mod:`autolog.writer`); what it has not taken by then stays queued and is retried
+        in the background, and spooled at exit."""
         if status not in RUN_STATUSES:
             raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
         if self.final_status is not None:
             return
         _context.remove(self)
+        self._close_queues()
         self.end_time = int(_time() * 1000)
         self.final_status = status
-        self._writer.drain(self)
-        self.metric_queue = self.lazy_metric_queue = _EndedQueue(self.id)  # type: ignore[assignment]
+        self._writer.finish(self)
+
+    def _close_queues(self) -> None:
+        """Swap in queues that refuse new points, and move what is pending into them
+        (moved, not copied: the writer thread may be taking from the old queue; it puts
+        a failed batch back into the run's current queue)."""
+        for name in ("metric_queue", "lazy_metric_queue"):
+            pending = getattr(self, name)
+            ended = _EndedQueue(self.id)
+            setattr(self, name, ended)
+            take = pending.popleft
+            keep = ended.extend
+            while pending:
+                try:
+                    keep([take() for _ in range(min(len(pending), 65536))])
+                except IndexError:  # the writer took the last ones
+                    break
 
     def __enter__(self) -> Run:
         return self
@@ -301,6 +326,8 @@ def own_run() -> Run | None:
 def push(run: Run) -> None:
     if not _uncaught_hook_installed:
         _install_excepthook()
+    if not _sigterm_handler_installed:
+        _install_sigterm_handler()
     _context.push(run)
 
 
@@ -324,13 +351,49 @@ def _install_excepthook() -> None:
     _uncaught_hook_installed = True
 
 
-def end_runs_at_exit() -> None:
-    """Runs still open when the interpreter exits end FINISHED, or FAILED after an uncaught
-    exception; a forked child never ends the runs it inherited."""
-    status = FAILED if _uncaught else FINISHED
+_sigterm_handler_installed = False
+_previous_sigterm: Any = signal.SIG_DFL
+
+
+def _install_sigterm_handler() -> None:
+    """Chain SIGTERM (see the module doc). Only the main thread may set a handler: a run
+    started elsewhere leaves it to the next run the main thread starts."""
+    global _sigterm_handler_installed, _previous_sigterm
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    _sigterm_handler_installed = True
+    if previous is signal.SIG_IGN:  # the process is meant to outlive SIGTERM
+        return
+    _previous_sigterm = previous
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # In a thread of its own: the main thread, interrupted here, may hold a lock the
+    # shutdown needs (the run context's, the spool's); then the wait below is what ends.
+    writer = get_writer()
+    worker = threading.Thread(target=shutdown, args=(KILLED,), name="autolog-sigterm",
+                              daemon=True)
+    worker.start()
+    worker.join(2 * writer.exit_timeout + writer.end_timeout)
+    previous = _previous_sigterm
+    if callable(previous):
+        previous(signum, frame)
+        return
+    # SIG_DFL, or a handler not set from Python (None): die of SIGTERM, as without us.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def end_runs_at_exit(status: str | None = None) -> None:
+    """Mark the runs still open ``status``, by default FINISHED, or FAILED after an
+    uncaught exception; the writer then writes them. A forked child never ends the runs
+    it inherited."""
+    status = status or (FAILED if _uncaught else FINISHED)
     for run in get_writer().pending_runs():
         if run.final_status is None and run.owner_pid == os.getpid():
             _context.remove(run)
+            run._close_queues()
             run.end_time = int(_time() * 1000)
             run.final_status = status
-

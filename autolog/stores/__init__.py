@@ -14,9 +14,14 @@ def open_store(uri: str, create: bool = True) -> Store:
     """The store for ``uri``, shared by every caller in this process.
 
     ``sqlite:///path`` is the embedded store; ``http://`` and ``https://`` an MLflow
-    tracking server. With ``create=False`` a missing embedded store is an error instead of
+    tracking server; a relative ``sqlite:///`` path is resolved against the working
+    directory now. With ``create=False`` a missing embedded store is an error instead of
     a new file (for reading commands).
     """
+    if uri.startswith("sqlite:///"):
+        from autolog.stores.sqlite import absolute_uri
+
+        uri = absolute_uri(uri)  # once, here: a later os.chdir must not move the store
     with _lock:
         store = _open.get((uri, create)) or _open.get((uri, True))
         if store is None:

@@ -191,6 +191,28 @@ def unpack_rows(body: bytes) -> list[MetricRow]:
             for key, value, timestamp, step in zip(keys, values, timestamps, steps)]
 
 
+def encode_entries(metrics: Sequence[MetricRow] = (), params: dict[str, str] | None = None,
+                   tags: dict[str, str] | None = None) -> list[tuple[str, int, bytes]]:
+    """A batch as spool entries (kind, points, body), one per request to send."""
+    entries: list[tuple[str, int, bytes]] = []
+    if params:
+        items = list(params.items())
+        for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+            chunk = dict(items[start:start + MAX_PARAMS_TAGS_PER_BATCH])
+            entries.append(("params", len(chunk), json.dumps(chunk).encode()))
+    if tags:
+        entries.extend(("tags", count, body) for count, body in tag_bodies(tags))
+    for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+        chunk = metrics[start:start + MAX_METRICS_PER_BATCH]
+        entries.append(("metrics", len(chunk), pack_rows(chunk)))
+    return entries
+
+
+def status_entry(status: str, end_time: int | None) -> tuple[str, int, bytes]:
+    """A run's status change as a spool entry."""
+    return "status", 0, json.dumps({"status": status, "end_time": end_time}).encode()
+
+
 @dataclass(frozen=True)
 class OfflineRun:
     """What creating a run on the server needs, kept until the server has it."""
@@ -789,8 +811,7 @@ class SpoolStore:
         return RunInfo(run.run_key, experiment_id, run_name, RUNNING, start_time)
 
     def update_run(self, run_id: str, status: str, end_time: int | None) -> None:
-        body = json.dumps({"status": status, "end_time": end_time}).encode()
-        self._append(run_id, [("status", 0, body)])
+        self._append(run_id, [status_entry(status, end_time)])
 
     def log_batch(
         self,
@@ -800,17 +821,7 @@ class SpoolStore:
         tags: dict[str, str] | None = None,
     ) -> None:
         """Commit the batch to the spool, one stored batch per request to send, and return."""
-        entries: list[tuple[str, int, bytes]] = []
-        if params:
-            items = list(params.items())
-            for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-                chunk = dict(items[start:start + MAX_PARAMS_TAGS_PER_BATCH])
-                entries.append(("params", len(chunk), json.dumps(chunk).encode()))
-        if tags:
-            entries.extend(("tags", count, body) for count, body in tag_bodies(tags))
-        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-            chunk = metrics[start:start + MAX_METRICS_PER_BATCH]
-            entries.append(("metrics", len(chunk), pack_rows(chunk)))
+        entries = encode_entries(metrics, params, tags)
         if entries:
             self._append(run_id, entries)
 
@@ -874,7 +885,7 @@ def send_spool_file(path: Path, progress_factory=None) -> SpoolOutcome:
         return SpoolOutcome(path, None, problem="in use by a running process, whose own "
                                                  "sender is sending it")
     outcome = SpoolOutcome(path, spool.uri)
-    client = MlflowRestClient(spool.uri)
+    client = destination(spool.uri)
     bar = None
     try:
         spool.retry_failed()
@@ -901,3 +912,48 @@ def send_spool_file(path: Path, progress_factory=None) -> SpoolOutcome:
         spool.close(remove=outcome.left.empty)
         client.close()
     return outcome
+
+
+class EmbeddedDestination:
+    """What :class:`Sender` sends to, for a spool kept for the embedded store: data the
+    SQLite store could not take when it was logged (locked, or its disk full). It speaks
+    the few calls of :class:`MlflowRestClient` the sender makes, through the store's own
+    ``log_batch`` and ``update_run``, so the spool is sent the same way to either."""
+
+    def __init__(self, uri: str):
+        from autolog.stores.sqlite import SQLiteStore  # the spool module stays light
+
+        self.uri = uri
+        self._store = SQLiteStore(uri, create=False)
+
+    def _call(self, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except (sqlite3.OperationalError, OSError) as exc:  # locked, full: try again later
+            raise ServerUnreachableError(f"{self.uri} cannot take data now: {exc}") from exc
+        except StoreError as exc:
+            if isinstance(exc, (ParamRefusedError, RunNotFoundError)):
+                raise
+            raise ServerUnreachableError(f"{self.uri} cannot take data now: {exc}") from exc
+
+    def post_batch(self, run_id: str, body: bytes) -> None:
+        """A metrics or tags body of :func:`metric_bodies`/:func:`tag_bodies`, decoded."""
+        decoded = json.loads(body)
+        rows = [(m["key"], float(m["value"]), m["timestamp"], m["step"])
+                for m in decoded.get("metrics", ())]  # float() reads "NaN", "Infinity"
+        tags = {t["key"]: t["value"] for t in decoded.get("tags", ())}
+        self._call(lambda: self._store.log_batch(run_id, metrics=rows, tags=tags or None))
+
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        self._call(lambda: self._store.log_batch(run_id, params=params))
+
+    def update_run(self, run_id: str, status: str, end_time: int | None) -> None:
+        self._call(lambda: self._store.update_run(run_id, status, end_time))
+
+    def close(self) -> None:
+        self._store.close()
+
+
+def destination(uri: str) -> MlflowRestClient | EmbeddedDestination:
+    """Where a spool recorded for ``uri`` is sent."""
+    return EmbeddedDestination(uri) if uri.startswith("sqlite:///") else MlflowRestClient(uri)

@@ -1,10 +1,18 @@
 """The embedded store: one SQLite file in WAL mode that many processes write at once.
 
-Every write is one ``BEGIN IMMEDIATE`` transaction under a long busy timeout, so
-concurrent writers queue instead of failing. The schema version lives in
-``PRAGMA user_version``; :data:`MIGRATIONS` holds one step per version, applied in order
-inside a write transaction, so processes that open a fresh file at the same instant
-create it exactly once.
+Every write is one ``BEGIN IMMEDIATE`` transaction under a busy timeout
+(``AUTOLOG_SQLITE_BUSY_TIMEOUT`` seconds, default 5), so concurrent writers queue instead
+of failing. The wait is short on purpose: a store locked for longer fails the write, and
+the writer keeps the data and retries on its next pass (or spools it, see
+:mod:`autolog.writer`), so no caller blocks for minutes on someone else's lock.
+
+The path is made absolute when the store is opened (a relative ``sqlite:///autolog.db``
+is the working directory of that moment), so a later ``os.chdir`` changes nothing. A new
+file is created mode 0600; SQLite gives its ``-wal`` and ``-shm`` files the same mode.
+
+The schema version lives in ``PRAGMA user_version``; :data:`MIGRATIONS` holds one step
+per version, applied in order inside a write transaction, so processes that open a fresh
+file at the same instant create it exactly once.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from autolog.config import env_float
 from autolog.stores.base import (
     RUNNING,
     Experiment,
@@ -32,7 +41,8 @@ from autolog.stores.base import (
 )
 from autolog.stores.chunks import pack_chunks, unpack_chunk
 
-BUSY_TIMEOUT_S = 120.0
+BUSY_TIMEOUT_ENV = "AUTOLOG_SQLITE_BUSY_TIMEOUT"
+BUSY_TIMEOUT_S = 5.0  # the default of AUTOLOG_SQLITE_BUSY_TIMEOUT
 DEFAULT_EXPERIMENT = "Default"
 
 MIGRATIONS: tuple[str, ...] = (
@@ -99,6 +109,15 @@ def path_from_uri(uri: str) -> Path:
     return Path(uri[len(prefix):])
 
 
+def absolute_uri(uri: str) -> str:
+    """``uri`` with its path made absolute against the working directory of this moment."""
+    return f"sqlite:///{Path(os.path.abspath(path_from_uri(uri)))}"
+
+
+def busy_timeout() -> float:
+    return env_float(BUSY_TIMEOUT_ENV, BUSY_TIMEOUT_S)
+
+
 def _by_step_then_time(point: tuple[float, int, int]) -> tuple[int, int]:
     return point[2], point[1]
 
@@ -115,8 +134,8 @@ class SQLiteStore:
     """
 
     def __init__(self, uri: str, create: bool = True):
-        self.uri = uri
-        self.path = path_from_uri(uri)
+        self.uri = absolute_uri(uri)
+        self.path = path_from_uri(self.uri)
         if not create and not self.path.exists():
             raise StoreError(
                 f"no autolog store at {self.path} (from {uri}); pass --tracking-uri or set "
@@ -124,6 +143,8 @@ class SQLiteStore:
             )
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Created here, not by sqlite3, so that it is never world-readable (0644).
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         self._local = threading.local()
         self._pid = os.getpid()
         self._inherited: list[sqlite3.Connection] = []
@@ -140,7 +161,7 @@ class SQLiteStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(
-                str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                str(self.path), timeout=busy_timeout(), isolation_level=None,
                 check_same_thread=False,
             )
             _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
@@ -155,10 +176,14 @@ class SQLiteStore:
         _retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
         try:
             yield conn
+            conn.execute("COMMIT")  # may fail too (a full disk): then roll back as well
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the error that got us here is the one to report
             raise
-        conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         conn = self._connection()
@@ -347,12 +372,14 @@ class SQLiteStore:
         return [self._record(conn, row) for row in rows]
 
 
-def _retry_locked(operation, deadline_s: float = BUSY_TIMEOUT_S):
-    """Run ``operation``, retrying while SQLite reports the database locked.
+def _retry_locked(operation):
+    """Run ``operation``, retrying while SQLite reports the database locked, up to the
+    busy timeout in all (then :class:`StoreError`).
 
     The busy timeout covers most waits; switching a fresh file to WAL and ``BEGIN
     IMMEDIATE`` under heavy contention can still report ``locked`` at once.
     """
+    deadline_s = busy_timeout()
     deadline = time.monotonic() + deadline_s
     delay = 0.005
     while True:
@@ -362,6 +389,6 @@ def _retry_locked(operation, deadline_s: float = BUSY_TIMEOUT_S):
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
             if time.monotonic() > deadline:
-                raise StoreError(f"SQLite store stayed locked for {deadline_s:.0f} s: {exc}") from exc
+                raise StoreError(f"SQLite store stayed locked for {deadline_s:g} s: {exc}") from exc
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
