@@ -229,13 +229,14 @@ class Run:
             pending = getattr(self, name)
             ended = _EndedQueue(self.id)
             setattr(self, name, ended)
-            take = pending.popleft
-            keep = ended.extend
-            while pending:
-                try:
-                    keep([take() for _ in range(min(len(pending), 65536))])
-                except IndexError:  # the writer took the last ones
-                    break
+            moved = []
+            take, keep = pending.popleft, moved.append
+            try:
+                while pending:
+                    keep(take())
+            except IndexError:  # the writer took the last ones
+                pass
+            ended.extend(moved)  # deque.extend, not the refusing append
 
     def __enter__(self) -> Run:
         return self
