@@ -187,3 +187,16 @@ def test_an_older_xgboost_is_not_autologged_with_one_warning(monkeypatch):
     dtrain = xgboost.DMatrix(*data(32))
     xgboost.train({"max_depth": 2}, dtrain, 2)
     assert autolog.search_runs() == []
+
+
+def test_a_newer_lightning_is_autologged_with_one_notice(pl, tmp_path, monkeypatch):
+    monkeypatch.setattr(pl, "__version__", "2.7.0")
+    with pytest.warns(autolog.AutologWarning) as told:
+        autolog.autolog()
+    assert [str(w.message) for w in told] == [
+        "autolog: lightning 2.7.0 is newer than the releases the lightning integration is "
+        "tested on (>=2.2,<2.7); autologging it all the same"]
+    for run in fit_twice(pl, tmp_path):  # no second notice, and everything logged
+        assert run.params["epochs"] == "2"
+        assert steps(run.info.run_id, "train_loss_step") == list(range(1, 2 * BATCHES + 1))
+        assert steps(run.info.run_id, "val_loss") == [0, 1]
