@@ -9,20 +9,34 @@ own the same way::
 
 An integration names the framework modules it patches; it is enabled by a wrapt
 post-import hook, so ``autolog()`` works whether the framework was imported before or
-after it. An unsupported framework version is skipped with one warning.
+after it.
+
+Versions: ``supported`` is the range an integration is tested on, upper bound included.
+A release older than it is skipped with one warning; a newer one is autologged, with one
+notice (an :class:`AutologWarning`, not a log record: Python shows no info-level record
+unless the user configured logging, and the notice is what tells them that what they
+see was not tested).
+
+Probes: every read of a framework's private internals sits behind a :class:`Probe`, run
+once as the integration is enabled, against the installed release's classes (no training
+needed). A release that lacks one turns off the one feature that needs it, with one
+warning naming the feature and the release; the rest of the integration works, and at run
+time the feature costs one bool read (see :meth:`Integration.feature_on`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dis
 import importlib.metadata
+import inspect
 import os
 import sys
 import threading
 import weakref
-from collections.abc import Iterator
-from types import ModuleType
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator
+from types import FunctionType, ModuleType
+from typing import Any, ClassVar, NamedTuple
 
 import wrapt
 from packaging.specifiers import SpecifierSet
@@ -41,6 +55,37 @@ _fit_runs: weakref.WeakSet[Run] = weakref.WeakSet()  # the runs fit_run() create
 _lingering: weakref.WeakSet[Run] = weakref.WeakSet()
 
 
+class Probe(NamedTuple):
+    """A check that the installed framework still has a private internal a feature reads.
+
+    ``check(module)`` gets the imported framework module (``module``, one of the
+    integration's ``modules``; None: each of them) and returns whether the internal is
+    there; an exception counts as absent.
+    """
+
+    feature: str  # what is not logged without it, as the warning names it
+    internal: str  # what is read, e.g. "Trainer._logger_connector._callback_metrics"
+    check: Callable[[ModuleType], bool]
+    module: str | None = None
+
+
+def assigns(owner: type | Callable, attribute: str) -> bool:
+    """Whether ``owner`` sets ``self.<attribute>``: a function's code, or the code of a
+    class's methods (its own or inherited, through decorators; ``__init__`` may leave it to
+    a helper). A private instance attribute is probed so, without making an instance."""
+    if isinstance(owner, type):
+        functions = [value for klass in owner.__mro__ for value in vars(klass).values()]
+    else:
+        functions = [owner]
+    for function in functions:
+        function = inspect.unwrap(function) if callable(function) else function
+        if isinstance(function, FunctionType) and any(
+                instruction.opname == "STORE_ATTR" and instruction.argval == attribute
+                for instruction in dis.get_instructions(function)):
+            return True
+    return False
+
+
 class Integration:
     """Base class of a plugin. Subclasses set the class attributes and implement
     :meth:`patch`, registering every patch through ``self.patcher`` so that
@@ -48,7 +93,10 @@ class Integration:
 
     name: ClassVar[str]  # the keyword flag of autolog(), e.g. "sklearn"
     modules: ClassVar[tuple[str, ...]]  # modules whose import enables the patches
-    supported: ClassVar[str] = ""  # PEP 440 specifier for the framework's version
+    # PEP 440 range of the framework releases it is tested on, upper bound included,
+    # e.g. ">=2.0,<2.7" (2.6.x tested): older is skipped, newer runs with one notice
+    supported: ClassVar[str] = ""
+    probes: ClassVar[tuple[Probe, ...]] = ()  # the private internals it reads, by feature
     default_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self) -> None:
@@ -56,6 +104,8 @@ class Integration:
         self.options: dict[str, Any] = dict(self.default_options)
         self.enabled = False  # the user wants it on
         self.patched_modules: set[str] = set()
+        self.features_off: dict[str, str] = {}  # feature -> the message that turned it off
+        self._versions_told: set[str] = set()  # packages whose version was warned about
 
     # -- what a plugin implements -----------------------------------------------------------
 
@@ -70,6 +120,11 @@ class Integration:
 
     def guard(self) -> contextlib.AbstractContextManager[None]:
         return guard(self.name)
+
+    def feature_on(self, feature: str) -> bool:
+        """Whether every probe of ``feature`` passed. Read it once per fit (or at patch
+        time) and keep the bool: nothing per step."""
+        return feature not in self.features_off
 
     @contextlib.contextmanager
     def fit_run(self) -> Iterator[Run | None]:
@@ -122,37 +177,66 @@ class Integration:
 
     # -- lifecycle (the registry calls these) -------------------------------------------------
 
-    def version_supported(self, module: ModuleType) -> bool:
+    def version_status(self, module: ModuleType) -> tuple[str, str]:
+        """``("tested" | "newer" | "older", version)`` of the framework that ``module``
+        belongs to; "tested" when it has no (readable) version or no range is declared."""
         top = sys.modules.get(module.__name__.partition(".")[0], module)
         raw = getattr(module, "__version__", None) or getattr(top, "__version__", None)
         if not self.supported or raw is None:
-            return True
+            return "tested", str(raw)
         try:
             version = Version(str(raw))
         except InvalidVersion:
-            return True
-        return SpecifierSet(self.supported).contains(version, prereleases=True)
+            return "tested", str(raw)
+        specifiers = SpecifierSet(self.supported)
+        if specifiers.contains(version, prereleases=True):
+            return "tested", str(raw)
+        lower = [spec for spec in specifiers if spec.operator in (">", ">=")]
+        newer = all(spec.contains(version, prereleases=True) for spec in lower)
+        return ("newer" if newer else "older"), str(raw)
 
     def on_import(self, module: ModuleType) -> None:
         if not self.enabled or module.__name__ in self.patched_modules:
             return
-        if not self.version_supported(module):
-            warn(
-                f"autolog: {module.__name__} {getattr(module, '__version__', '?')} is not "
-                f"supported by the {self.name} integration ({self.supported}); not autologging it",
-                stacklevel=2,
-            )
-            self.patched_modules.add(module.__name__)  # warn once
+        self.patched_modules.add(module.__name__)  # whatever follows, once per enabling
+        status, version = self.version_status(module)
+        package = module.__name__.partition(".")[0]
+        tell = status != "tested" and package not in self._versions_told
+        self._versions_told.add(package)
+        if status == "older":
+            if tell:
+                warn(f"autolog: {package} {version} is older than the {self.name} integration "
+                     f"supports ({self.supported}); not autologging it", stacklevel=2)
             return
+        if tell:
+            warn(f"autolog: {package} {version} is newer than the releases the "
+                 f"{self.name} integration is tested on ({self.supported}); autologging it "
+                 "all the same", stacklevel=2)
+        self._run_probes(module, version)
         with self.guard():
             self.patch(module)
-            self.patched_modules.add(module.__name__)
+
+    def _run_probes(self, module: ModuleType, version: str) -> None:
+        """Run this module's probes; one warning per feature turned off."""
+        for probe in self.probes:
+            if probe.feature in self.features_off or probe.module not in (None, module.__name__):
+                continue
+            present = False
+            with contextlib.suppress(Exception):
+                present = bool(probe.check(module))
+            if not present:
+                message = (f"autolog ({self.name}): {module.__name__} {version} has no "
+                           f"{probe.internal}; {probe.feature} not logged (the rest is)")
+                self.features_off[probe.feature] = message
+                warn(message, stacklevel=3)
 
     def disable(self) -> None:
         self.enabled = False
         self.patcher.restore()
         self.unpatch()
         self.patched_modules.clear()
+        self.features_off.clear()
+        self._versions_told.clear()
 
 
 class Registry:

@@ -36,6 +36,12 @@ values. Epoch values are read only after Lightning has computed them on every ra
 other ranks are not running at that moment (a hang, or a reduction paired with another
 collective), and values the module logs in its own ``on_*_epoch_end`` are included.
 
+Private internals (each behind a probe, checked once as the integration is enabled; a
+Lightning release without one loses that feature alone, with one warning): the per-step
+values need the training loop's results (``fit_loop.epoch_loop._results``, each result's
+``_forward_cache`` and ``meta``); the epoch values need ``_logger_connector._callback_metrics``;
+``checkpoint.every_n_train_steps`` needs ``ModelCheckpoint._every_n_train_steps``.
+
 Distributed: only global rank 0 gets a run and a logging callback; other ranks log
 nothing and call nothing collective. With a launcher that starts processes through
 multiprocessing (``ddp_spawn``, ``ddp_fork``) the training happens in those children,
@@ -49,6 +55,7 @@ import argparse
 import contextlib
 import functools
 import importlib
+import inspect
 import os
 import weakref
 from collections.abc import Iterator, Mapping
@@ -58,7 +65,7 @@ from typing import Any
 from autolog_integrations.torch_autolog import LR, metric_key, optimizer_params, prefixed
 
 from autolog.config import warn
-from autolog.integration import Integration
+from autolog.integration import Integration, Probe, assigns
 from autolog.patching import current_owner, guard, outermost
 from autolog.run import Run, active_run
 from autolog.stores.base import FAILED, FINISHED, KILLED
@@ -77,6 +84,25 @@ SCHEDULER_STATE = frozenset(("optimizer", "base_lrs", "last_epoch", "verbose", "
                              "num_bad_epochs", "cooldown_counter", "mode_worse"))
 _SCALARS = (int, float, str, bool, type(None))
 
+# the features that read Lightning's private internals (see LightningIntegration.probes)
+STEP_VALUES = "per-step metrics (self.log(..., on_step=True))"
+EPOCH_VALUES = "epoch and validation metrics"
+STEP_LR = "the lr of each step"
+EVERY_N_TRAIN_STEPS = "the param checkpoint.every_n_train_steps"
+SPAWN_NOTICE = "the warning that ddp_spawn/ddp_fork train out of autolog's reach"
+_RESULT = "trainer.connectors.logger_connector.result"
+
+
+def _internal(package: ModuleType, module: str) -> ModuleType:
+    return importlib.import_module(f"{package.__name__}.{module}")
+
+
+def _metadata_fields(package: ModuleType) -> bool:
+    metadata = _internal(package, _RESULT)._Metadata
+    fields = getattr(metadata, "__dataclass_fields__", {})
+    parameters = inspect.signature(metadata.forked_name).parameters
+    return {"name", "on_step"} <= set(fields) and list(parameters) == ["self", "on_step"]
+
 
 class _Axis:
     """How far a run's step and epoch axes go, so that the next fit continues them."""
@@ -91,7 +117,29 @@ class _Axis:
 class LightningIntegration(Integration):
     name = "lightning"
     modules = ("lightning.pytorch", "pytorch_lightning")
-    supported = ">=2.0"
+    supported = ">=2.2,<2.7"  # 2.2.0 (CI's lowest-versions venv) to 2.6.x
+    probes = (
+        Probe(STEP_VALUES, "fit_loop.epoch_loop._results", lambda package: assigns(
+            _internal(package, "loops.training_epoch_loop")._TrainingEpochLoop, "_results")),
+        Probe(STEP_VALUES, "_ResultCollection.valid_items()", lambda package: callable(
+            _internal(package, _RESULT)._ResultCollection.valid_items)),
+        Probe(STEP_VALUES, "_ResultMetric._forward_cache", lambda package: assigns(
+            _internal(package, _RESULT)._ResultMetric.update, "_forward_cache")),
+        Probe(STEP_VALUES, "_Metadata.name, .on_step and .forked_name(on_step)", _metadata_fields),
+        Probe(EPOCH_VALUES, "Trainer._logger_connector", lambda package: assigns(
+            package.Trainer, "_logger_connector")),
+        Probe(EPOCH_VALUES, "_LoggerConnector._callback_metrics", lambda package: assigns(
+            _internal(package, "trainer.connectors.logger_connector.logger_connector")
+            ._LoggerConnector, "_callback_metrics")),
+        Probe(STEP_LR, "torch.optim.optimizer.register_optimizer_step_post_hook",
+              lambda package: callable(
+                  importlib.import_module("torch.optim.optimizer").register_optimizer_step_post_hook)),
+        Probe(EVERY_N_TRAIN_STEPS, "ModelCheckpoint._every_n_train_steps", lambda package: assigns(
+            package.callbacks.ModelCheckpoint, "_every_n_train_steps")),
+        Probe(SPAWN_NOTICE, "strategies.launchers.subprocess_script._SubprocessScriptLauncher",
+              lambda package: isinstance(_internal(
+                  package, "strategies.launchers.subprocess_script")._SubprocessScriptLauncher, type)),
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -154,11 +202,18 @@ class LightningIntegration(Integration):
 
     def _log_trainer(self, trainer: Any, run: Run) -> None:
         launcher = getattr(trainer.strategy, "launcher", None)
-        if launcher is not None and type(launcher).__name__ != "_SubprocessScriptLauncher":
+        if (launcher is not None and type(launcher).__name__ != "_SubprocessScriptLauncher"
+                and self.feature_on(SPAWN_NOTICE)):
             warn(f"autolog (lightning): {type(trainer.strategy).__name__} trains in processes "
                  "it starts through multiprocessing, which cannot log into this process's run; "
                  "only the Trainer's params are logged (use strategy='ddp' for full logging)")
-        run.log_autolog_params(trainer_params(trainer), self.name)
+        params = trainer_params(trainer)
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and self.feature_on(EVERY_N_TRAIN_STEPS):
+            every_n_train_steps = getattr(checkpoint, "_every_n_train_steps", None)
+            if every_n_train_steps is not None:
+                params["checkpoint.every_n_train_steps"] = every_n_train_steps
+        run.log_autolog_params(params, self.name)
 
     # -- validate / test --------------------------------------------------------------------
 
@@ -206,7 +261,8 @@ class LightningIntegration(Integration):
 
 
 def trainer_params(trainer: Any) -> dict[str, Any]:
-    """The Trainer's settings, EarlyStopping's (MLflow's names) and ModelCheckpoint's."""
+    """The Trainer's settings, EarlyStopping's (MLflow's names) and ModelCheckpoint's
+    public ones."""
     params: dict[str, Any] = {"epochs": trainer.max_epochs}
     params.update(_settings(trainer, TRAINER_SETTINGS))
     params["strategy"] = type(trainer.strategy).__name__
@@ -216,9 +272,6 @@ def trainer_params(trainer: Any) -> dict[str, Any]:
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None:
         params.update(prefixed("checkpoint.", _settings(checkpoint, CHECKPOINT_SETTINGS)))
-        every_n_train_steps = getattr(checkpoint, "_every_n_train_steps", None)
-        if every_n_train_steps is not None:
-            params["checkpoint.every_n_train_steps"] = every_n_train_steps
     return params
 
 
@@ -226,7 +279,8 @@ def fit_params(trainer: Any, module: Any) -> dict[str, Any]:
     """Optimizers, LR schedulers, then the (data)module's hparams."""
     params: dict[str, Any] = {}
     for index, optimizer in enumerate(trainer.optimizers):
-        optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer's
+        if type(optimizer).__name__ == "LightningOptimizer":
+            optimizer = optimizer.optimizer  # its public property: the torch optimizer
         params.update(prefixed(f"optimizer_{index}." if index else "", optimizer_params(optimizer)))
     for index, config in enumerate(trainer.lr_scheduler_configs):
         prefix = f"lr_scheduler_{index}." if index else "lr_scheduler."
@@ -324,6 +378,11 @@ class _AutologCallback:
         self._train_epoch: tuple[int | None, dict[str, Any]] | None = None  # (epoch, snapshot)
         self._fit_start_metrics: dict[str, Any] = {}  # snapshot at on_train_start
         self._validation: dict[str, Any] | None = None  # snapshot at validation start
+        # the features whose probes passed, read once here (False in a silent copy)
+        on = integration.feature_on if integration is not None else (lambda feature: False)
+        self._step_values, self._step_lr = on(STEP_VALUES), on(STEP_LR)
+        self._epoch_values = False  # at setup: active, and the probes of EPOCH_VALUES passed
+        self._epoch_values_on = on(EPOCH_VALUES)
 
     # Lightning calls every callback's every hook, each call inside a profiler context,
     # about 3 µs each; it skips a hook that is not callable. These per-batch hooks are not
@@ -345,7 +404,8 @@ class _AutologCallback:
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._active = (self._run is not None and os.getpid() == self._pid
                         and trainer.is_global_zero)
-        if self._active and self._lr_hook is None:
+        self._epoch_values = self._active and self._epoch_values_on
+        if self._active and self._step_lr and self._lr_hook is None:
             from torch.optim.optimizer import register_optimizer_step_post_hook
 
             self._lr_hook = register_optimizer_step_post_hook(self._on_optimizer_step)
@@ -385,8 +445,10 @@ class _AutologCallback:
             self._epoch_offset = max(0, axis.epochs - trainer.current_epoch)
             self._optimizers = {optimizer: index
                                 for index, optimizer in enumerate(trainer.optimizers)}
-            self._train_results = trainer.fit_loop.epoch_loop._results
-            self._fit_start_metrics = dict(_callback_metrics(trainer))
+            if self._step_values:
+                self._train_results = trainer.fit_loop.epoch_loop._results
+            if self._epoch_values:
+                self._fit_start_metrics = dict(_callback_metrics(trainer))
 
     # -- steps (every hook here runs per step: try/except, no ``with`` block) ------------------
 
@@ -455,7 +517,7 @@ class _AutologCallback:
 
     @_contained
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if self._active:  # the values are computed after this hook; log them at the next
+        if self._epoch_values:  # the values are computed after this hook; log them at the next
             self._train_epoch = (trainer.current_epoch, dict(_callback_metrics(trainer)))
 
     @_contained
@@ -463,8 +525,8 @@ class _AutologCallback:
         """Log the last epoch's values, and those that callbacks which ran before this one
         set as this epoch starts (``LearningRateMonitor(logging_interval="epoch")``'s
         ``lr-SGD``) at this epoch. The two are told apart by name: the last epoch's are the
-        training loop's own results."""
-        if self._active:
+        training loop's own results (all of them, without the per-step values' probes)."""
+        if self._epoch_values:
             if self._train_epoch is None:  # the first epoch of the fit
                 self._train_epoch = (None, self._fit_start_metrics)
             epoch, before = self._train_epoch
@@ -472,16 +534,21 @@ class _AutologCallback:
             changed = _changed(trainer, before)
             if epoch is not None:
                 training = self._training_keys()
+                if training is None:
+                    training = set(changed)
                 self._log_at_epoch({k: v for k, v in changed.items() if k in training}, epoch)
                 changed = {k: v for k, v in changed.items() if k not in training}
             if changed:
                 self._log_at_epoch(changed, trainer.current_epoch)
 
-    def _training_keys(self) -> set[str]:
+    def _training_keys(self) -> set[str] | None:
         """Every key the training loop's results give ``callback_metrics`` (reset results
-        keep their names until the next epoch logs them again)."""
+        keep their names until the next epoch logs them again); None if they cannot be
+        read (the probes of the per-step values failed)."""
+        if self._train_results is None:
+            return None
         keys: set[str] = set()
-        for result in self._train_results.values() if self._train_results is not None else ():
+        for result in self._train_results.values():
             meta = result.meta
             keys.update((meta.name, meta.forked_name(True), meta.forked_name(False)))
         return keys
@@ -494,12 +561,12 @@ class _AutologCallback:
 
     @_contained
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        if self._active and not trainer.sanity_checking:
+        if self._epoch_values and not trainer.sanity_checking:
             self._validation = dict(_callback_metrics(trainer))
 
     @_contained
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        if self._active and self._validation is not None:
+        if self._epoch_values and self._validation is not None:
             before, self._validation = self._validation, None
             self._log_at_epoch(_changed(trainer, before), trainer.current_epoch)
 
@@ -517,7 +584,8 @@ class _AutologCallback:
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if not self._active:
             return
-        self._log_train_epoch(trainer)
+        if self._epoch_values:
+            self._log_train_epoch(trainer)
         step = max(self._axis.epochs - 1, 0)
         early_stopping = trainer.early_stopping_callback
         if early_stopping is not None and early_stopping.stopped_epoch:

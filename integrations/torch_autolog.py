@@ -33,6 +33,11 @@ whose TensorBoard logger wrote ``hp_metric``, say), which gets a run of its own.
 run with ``autolog.start_run()`` to bound it yourself. An optimizer created outside any
 run logs its params into the run it first steps in.
 
+The per-step logging rests on torch's global optimizer step hook
+(``torch.optim.optimizer.register_optimizer_step_post_hook``), checked by a probe once as
+the integration is enabled: a torch without it loses ``train_loss`` and ``lr`` (one
+warning), and keeps the optimizer params (into an active run) and SummaryWriter.
+
 Silence: inside any other autologged call (a Lightning ``fit``) this integration logs
 nothing, so nothing is logged twice; under ``torch.distributed`` (or ``torchrun``'s
 ``RANK``) only rank 0 logs.
@@ -40,6 +45,7 @@ nothing, so nothing is logged twice; under ``torch.distributed`` (or ``torchrun`
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import threading
@@ -47,12 +53,13 @@ import weakref
 from types import ModuleType
 from typing import Any
 
-from autolog.integration import Integration
+from autolog.integration import Integration, Probe
 from autolog.patching import current_owner
 from autolog.run import Run, active_run
 
 TRAIN_LOSS = "train_loss"
 LR = "lr"
+STEP_METRICS = "train_loss and lr at each optimizer step"
 
 
 def is_rank_zero() -> bool:
@@ -161,7 +168,13 @@ class _Loop:
 class TorchIntegration(Integration):
     name = "torch"
     modules = ("torch", "torch.utils.tensorboard.writer")
-    supported = ">=2.0"
+    supported = ">=2.13,<2.14"  # the CPU build 2.13.0 of constraints.txt, the only one CI installs
+    probes = (
+        Probe(STEP_METRICS, "torch.optim.optimizer.register_optimizer_step_post_hook",
+              lambda torch: callable(importlib.import_module("torch.optim.optimizer")
+                                     .register_optimizer_step_post_hook),
+              module="torch"),
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -180,13 +193,15 @@ class TorchIntegration(Integration):
 
     def _patch_torch(self, torch: ModuleType) -> None:
         from torch.amp.grad_scaler import GradScaler
-        from torch.optim.optimizer import Optimizer, register_optimizer_step_post_hook
+        from torch.optim import optimizer
 
+        self.patcher.wrap(optimizer.Optimizer, "__init__", self._on_optimizer_init)
+        if not self.feature_on(STEP_METRICS):  # the loss would never be logged: not kept
+            return
         self.patcher.wrap_hot(torch.Tensor, "backward", self._on_backward)
         self.patcher.wrap_hot(GradScaler, "scale", self._on_scale)
-        self.patcher.wrap(Optimizer, "__init__", self._on_optimizer_init)
         if self._step_hook is None:
-            self._step_hook = register_optimizer_step_post_hook(self._on_step)
+            self._step_hook = optimizer.register_optimizer_step_post_hook(self._on_step)
 
     def _patch_tensorboard(self, writer_module: ModuleType) -> None:
         writer = writer_module.SummaryWriter

@@ -24,7 +24,10 @@ integration leaves these fits alone. The params ``get_params()`` leaves at ``Non
 (XGBoost's defaults: ``learning_rate``, ``max_depth``, ...) are logged with the value the
 booster actually used, read from its config after training (``learning_rate`` 0.3); the
 tag ``autolog.xgboost.params_from_booster`` lists them, so the ``None`` of the call is not
-silently lost. MLflow logs them as ``None``.
+silently lost. MLflow logs them as ``None``. Those values are read from the layout of
+``Booster.save_config()``'s JSON (its ``learner`` section), which XGBoost does not
+promise: a probe checks it once as the integration is enabled, and without it they are
+logged as ``None``, as MLflow logs them (one warning).
 """
 
 from __future__ import annotations
@@ -37,12 +40,13 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from autolog.integration import Integration
+from autolog.integration import Integration, Probe
 from autolog.patching import current_owner, outermost
 from autolog.run import Run, user_call_site
 from autolog.validation import MAX_TAG_VALUE_LENGTH
 
 FROM_BOOSTER_TAG = "autolog.xgboost.params_from_booster"
+BOOSTER_PARAMS = "the values the booster used for params given as None"
 # arguments of train/cv that are data, callables or callbacks, not params (MLflow's list)
 _NOT_PARAMS = frozenset({"params", "dtrain", "evals", "obj", "feval", "evals_result",
                          "xgb_model", "callbacks", "learning_rates", "folds", "fpreproc"})
@@ -51,7 +55,11 @@ _NOT_PARAMS = frozenset({"params", "dtrain", "evals", "obj", "feval", "evals_res
 class XGBoostIntegration(Integration):
     name = "xgboost"
     modules = ("xgboost",)
-    supported = ">=2.0"
+    supported = ">=2.1.1,<3.3"  # xgboost-cpu 2.1.1 (the first of that name) to 3.2.x
+    probes = (
+        Probe(BOOSTER_PARAMS, "the layout of Booster.save_config() that autolog reads",
+              lambda xgboost: _booster_config_readable(xgboost)),
+    )
     default_options = {"importance_types": ("weight", "gain")}
 
     def __init__(self) -> None:
@@ -165,7 +173,9 @@ class _Training:
 
         booster = None if self.cv else result
         if self.unset:
-            resolved = _effective_params(booster, self.unset) if booster is not None else {}
+            resolved = {}
+            if booster is not None and self.integration.feature_on(BOOSTER_PARAMS):
+                resolved = _effective_params(booster, self.unset)
             self._log({key: resolved.get(key) for key in self.unset})
             if resolved:
                 self.run.set_tags({FROM_BOOSTER_TAG: ", ".join(sorted(resolved))})
@@ -292,6 +302,16 @@ def _effective_params(booster: Any, keys: list[str]) -> dict[str, Any]:
         if value is not None and value != "":
             resolved[key] = _readable(value)
     return resolved
+
+
+def _booster_config_readable(xgboost: ModuleType) -> bool:
+    """Whether :func:`_effective_params` reads the params of a one-tree booster back."""
+    import numpy
+
+    data = xgboost.DMatrix(numpy.array([[0.0], [1.0]]), label=numpy.array([0.0, 1.0]))
+    params = {"max_depth": 2, "eval_metric": "logloss", "nthread": 1}
+    booster = xgboost.train(params, data, num_boost_round=1)
+    return _effective_params(booster, list(params)) == params
 
 
 def _collect_leaves(node: Any, found: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ import pytest
 import autolog
 from autolog import integration as integration_module
 from autolog import patching
-from autolog.integration import Integration
+from autolog.integration import Integration, Probe
 from autolog.patching import current_owner, outermost
 
 
@@ -160,15 +160,77 @@ def test_ownership_is_per_thread_and_a_forked_child_keeps_only_its_own(monkeypat
     assert current_owner() is None and patching._owners == {}
 
 
-def test_unsupported_version_is_skipped_with_one_warning(fake, monkeypatch):
+def test_an_older_version_is_skipped_with_one_warning(fake, monkeypatch):
     import fakefw
 
-    monkeypatch.setattr(fakefw, "__version__", "2.1.0")
+    monkeypatch.setattr(fakefw, "__version__", "0.9.2")
     original = fakefw.Model.__dict__["fit"]
-    with pytest.warns(autolog.AutologWarning, match="not supported"):
+    with pytest.warns(autolog.AutologWarning, match=r"fakefw 0\.9\.2 is older than the fakefw "
+                      r"integration supports \(>=1\.0,<2\); not autologging it"):
         autolog.autolog()
     autolog.autolog()  # no second warning (pytest turns one into an error)
     assert fakefw.Model.__dict__["fit"] is original
+    fakefw.Model().fit()
+    assert autolog.search_runs() == []
+
+
+def test_a_newer_version_is_autologged_with_one_notice(fake, monkeypatch):
+    import fakefw
+
+    monkeypatch.setattr(fakefw, "__version__", "2.1.0")
+    with pytest.warns(autolog.AutologWarning, match=r"fakefw 2\.1\.0 is newer than the releases "
+                      r"the fakefw integration is tested on \(>=1\.0,<2\); autologging it"):
+        autolog.autolog()
+    autolog.autolog()
+    assert fakefw.Model().fit() == fakefw.Model().fit() == "fitted-result"
+    runs = autolog.search_runs()
+    assert [run.params for run in runs] == [{"depth": "3"}] * 2
+    assert [run.metrics for run in runs] == [{"fitted": 1.0}] * 2
+
+
+class ProbedIntegration(FakeIntegration):
+    """Logs ``depth`` only where the framework still has ``Model._depth_of``."""
+
+    probes = (Probe("the depth param", "Model._depth_of()", lambda fw: callable(fw.Model._depth_of)),
+              Probe("the depth param", "Model.depth", lambda fw: fw.Model.depth is not None),
+              Probe("the speed metric", "Model._speed", lambda fw: fw.Model._speed))
+
+    def _fit(self, wrapped, instance, args, kwargs):
+        with self.fit_run() as run:
+            result = wrapped(*args, **kwargs)
+            if self.feature_on("the depth param"):
+                run.log_autolog_params({"depth": instance._depth_of()}, self.name)
+            run.log_metric("other", 2.0)
+            return result
+
+
+def test_a_failed_probe_turns_off_its_feature_alone_with_one_warning(fake, monkeypatch):
+    import fakefw
+
+    plugin = ProbedIntegration()
+    registry = integration_module.registry
+    monkeypatch.setitem(registry._integrations, "fakefw", plugin)
+    monkeypatch.setattr(fakefw.Model, "_depth_of", lambda self: self.depth, raising=False)
+    with pytest.warns(autolog.AutologWarning) as told:
+        autolog.autolog()
+    assert [str(w.message) for w in told] == [
+        "autolog (fakefw): fakefw 1.4.0 has no Model._speed; the speed metric not logged (the rest is)"]
+    assert plugin.feature_on("the depth param") and not plugin.feature_on("the speed metric")
+    autolog.autolog(disable=True)
+
+    monkeypatch.delattr(fakefw.Model, "_depth_of")  # a release without the internal
+    with pytest.warns(autolog.AutologWarning) as told:
+        autolog.autolog()
+    assert sorted(str(w.message) for w in told) == [
+        "autolog (fakefw): fakefw 1.4.0 has no Model._depth_of(); the depth param not logged "
+        "(the rest is)",
+        "autolog (fakefw): fakefw 1.4.0 has no Model._speed; the speed metric not logged (the rest is)"]
+    autolog.autolog()  # no second warning
+    for _ in range(2):
+        assert fakefw.Model().fit() == "fitted-result"
+    runs = autolog.search_runs()
+    assert [(run.params, run.metrics, run.status) for run in runs] == [({}, {"other": 2.0}, "FINISHED")] * 2
+    plugin.disable()
 
 
 def test_opt_outs_and_bad_options(fake, monkeypatch):
