@@ -73,7 +73,7 @@ def remember_fitted(model: Any, run: Run) -> None:
 class SklearnIntegration(Integration):
     name = "sklearn"
     modules = ("sklearn", "sklearn.utils.parallel", "sklearn.metrics", "sklearn.model_selection")
-    supported = ">=1.3"
+    supported = ">=1.4,<1.10"  # 1.4.0 (CI's lowest-versions venv) to 1.9.x
     default_options = {
         "max_tuning_runs": 5,  # child runs of a search, best first; None: all
         # training_* metrics predict over the whole training set: for a model whose predict
