@@ -28,6 +28,7 @@ only as part of a Pipeline.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import threading
 import weakref
@@ -39,7 +40,7 @@ import wrapt
 from autolog_integrations import _sklearn_post_training as post_training
 from autolog_integrations._sklearn_metrics import training_metrics
 
-from autolog.integration import INTEGRATION_TAG, Integration
+from autolog.integration import INTEGRATION_TAG, Integration, Probe
 from autolog.patching import current_owner, outermost
 from autolog.run import Run
 
@@ -57,6 +58,25 @@ _LANGUAGE_MODULES = frozenset({"builtins", "abc", "typing"})  # object, Generic,
 
 
 _TASK_OWNER = "_autolog_owner"  # set on a joblib task made under an owner: a plain str
+
+# Features that read scikit-learn's private internals (see Integration.probes)
+JOBLIB_TASKS = "fits in joblib workers as part of the autologged call"
+EARLY_IMPORTED_METRICS = "post-training metrics of functions imported before autolog()"
+SEARCH_CHILD_RUNS = "search child runs and best_* values"
+COLUMN_TRANSFORMER_EXCLUDED = "ColumnTransformer left out of autologging"
+
+
+def _class_named(dotted: str) -> bool:
+    module, _, name = dotted.rpartition(".")
+    return isinstance(getattr(importlib.import_module(module), name), type)
+
+
+def _wraps_through_a_closure_cell(metrics: ModuleType) -> bool:
+    """scikit-learn's public functions are ``validate_params`` wrappers that call the
+    function they wrap through a closure cell (see ``_wrap_function``)."""
+    function = metrics.accuracy_score
+    inner = function.__wrapped__
+    return any(cell.cell_contents is inner for cell in function.__closure__ or ())
 
 
 def remember_fitted(model: Any, run: Run) -> None:
@@ -83,6 +103,17 @@ class SklearnIntegration(Integration):
         "pos_label": None,  # binary precision/recall/F1 for this label instead of weighted
         "exclude": EXCLUDED_BY_DEFAULT,
     }
+    probes = (
+        Probe(JOBLIB_TASKS, "sklearn.utils.parallel._FuncWrapper.__call__",
+              lambda parallel: callable(parallel._FuncWrapper.__call__)
+              and callable(parallel.Parallel.__call__), "sklearn.utils.parallel"),
+        Probe(EARLY_IMPORTED_METRICS, "the closure cell of validate_params' wrapper",
+              _wraps_through_a_closure_cell, "sklearn.metrics"),
+        Probe(SEARCH_CHILD_RUNS, _SEARCH_BASE, lambda _: _class_named(_SEARCH_BASE),
+              "sklearn.model_selection"),
+        Probe(COLUMN_TRANSFORMER_EXCLUDED, EXCLUDED_BY_DEFAULT[-1],
+              lambda _: _class_named(EXCLUDED_BY_DEFAULT[-1]), "sklearn"),
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -106,7 +137,7 @@ class SklearnIntegration(Integration):
                 self._wrap_function(module, name, post_training.on_metric)
             post_training.enable(True)
         elif module.__name__ == "sklearn.utils.parallel":
-            if hasattr(module, "_FuncWrapper"):
+            if self.feature_on(JOBLIB_TASKS):
                 self.patcher.wrap(module.Parallel, "__call__", _on_parallel_call)
                 self.patcher.wrap(module._FuncWrapper, "__call__", _on_task)
         elif module.__name__ == "sklearn.model_selection":
@@ -130,7 +161,8 @@ class SklearnIntegration(Integration):
         """
         function = vars(module)[name]
         inner = getattr(function, "__wrapped__", None)
-        for cell in getattr(function, "__closure__", None) or ():
+        cells = getattr(function, "__closure__", None) or ()
+        for cell in cells if self.feature_on(EARLY_IMPORTED_METRICS) else ():
             if inner is not None and cell.cell_contents is inner:
                 cell.cell_contents = wrapt.FunctionWrapper(inner, wrapper)
                 self._cells.append((cell, inner))
@@ -243,7 +275,7 @@ class SklearnIntegration(Integration):
         with self.fit_run() as run:
             if run is None:
                 return wrapped(*args, **kwargs)
-            search = _is_search(estimator)
+            search = self.feature_on(SEARCH_CHILD_RUNS) and _is_search(estimator)
             with self.guard():
                 run.log_autolog_params(estimator.get_params(deep=not search), self.name)
                 run.set_tags(_estimator_tags(estimator))

@@ -52,7 +52,7 @@ def test_every_probe_passes_on_the_installed_releases():
     import xgboost  # noqa: F401
 
     autolog.autolog()  # a failing probe would warn, and fail this test
-    for name in ("lightning", "torch", "xgboost"):
+    for name in ("lightning", "torch", "xgboost", "sklearn"):
         integration = get(name)
         assert integration.probes and integration.features_off == {}, name
 
@@ -200,3 +200,42 @@ def test_a_newer_lightning_is_autologged_with_one_notice(pl, tmp_path, monkeypat
         assert run.params["epochs"] == "2"
         assert steps(run.info.run_id, "train_loss_step") == list(range(1, 2 * BATCHES + 1))
         assert steps(run.info.run_id, "val_loss") == [0, 1]
+
+
+def test_sklearn_without_the_closure_cell_logs_metrics_called_through_the_module(monkeypatch):
+    import sklearn.metrics
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score as imported_before  # bound before autolog()
+
+    autolog_without(monkeypatch, sklearn.metrics.accuracy_score, "__wrapped__",
+                    "closure cell of validate_params' wrapper; post-training metrics of "
+                    "functions imported before autolog")
+    X, y = data_for_sklearn()
+    with autolog.start_run() as run:
+        model = LogisticRegression().fit(X, y)
+        imported_before(y, model.predict(X))
+        sklearn.metrics.accuracy_score(y, model.predict(X))
+    metrics = autolog.get_run(run.id).metrics
+    assert [key for key in metrics if key.startswith("accuracy_score")] == ["accuracy_score_X"]
+    assert metrics["training_accuracy_score"] == metrics["accuracy_score_X"]
+
+
+def test_sklearn_without_its_search_base_class_logs_a_search_as_one_plain_fit(monkeypatch):
+    import sklearn.model_selection._search as search
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+
+    autolog_without(monkeypatch, search, "BaseSearchCV", "search child runs")
+    X, y = data_for_sklearn()
+    GridSearchCV(LogisticRegression(), {"C": [0.1, 1.0]}, cv=2).fit(X, y)
+    (run,) = autolog.search_runs()  # no child runs
+    assert "best_cv_score" not in run.metrics and run.params["cv"] == "2"
+    assert "training_accuracy_score" in run.metrics
+
+
+def data_for_sklearn():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    return X, (X[:, 0] > 0).astype(int)
