@@ -12,6 +12,7 @@ destination holds with another value is reported, not sent.
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,18 +35,26 @@ _FLOAT_MAX = sys.float_info.max
 # -- spools -------------------------------------------------------------------------------
 
 
-def send_spools(directory: Path | None = None, progress: bool | None = None) -> list[SpoolOutcome]:
+def send_spools(directory: Path | None = None, progress: bool | None = None, *,
+                files: Sequence[Path] = (), to: str | None = None,
+                configured: str | None = None) -> list[SpoolOutcome]:
     """Send every spool file in ``directory`` (default ``$AUTOLOG_SPOOL_DIR`` or
-    ``~/.autolog/spool``) that no running process holds. ``progress=None`` shows bars
-    only on a terminal."""
+    ``~/.autolog/spool``), or only ``files``, that no running process holds, each to
+    ``to`` if given, else to the server it names when that is ``configured`` (see
+    :func:`~autolog.stores.spool.send_spool_file`). One damaged file never stops the
+    others. ``progress=None`` shows a bar, counted in metric points, only on a terminal."""
     directory = directory or default_spool_dir()
     outcomes = []
-    for path in spool_files(directory):
+    for path in files or spool_files(directory):
         def bar(total: int, name: str = path.name) -> tqdm:
-            return tqdm(total=total, unit="batch", desc=f"sending {name}", leave=False,
-                        disable=None if progress is None else not progress)
+            return tqdm(total=total, unit="point", unit_scale=True, desc=f"sending {name}",
+                        leave=False, disable=None if progress is None else not progress)
 
-        outcomes.append(send_spool_file(path, bar))
+        def command(uri: str, path: Path = path) -> str:
+            return f"autolog sync --to {shlex.quote(uri)} {shlex.quote(str(path))}"
+
+        outcomes.append(send_spool_file(path, bar, to=to, configured=configured,
+                                        command=command))
     return outcomes
 
 

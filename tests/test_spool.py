@@ -232,7 +232,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_sigkilled_process_leaves_its_data_for_autolog_sync(fault_server, spool_dir):
+def test_sigkilled_process_leaves_its_data_for_autolog_sync(fault_server, spool_dir, monkeypatch):
     fault_server.kill()
     interval = 0.2
     env = dict(os.environ, AUTOLOG_SPOOL_DIR=str(spool_dir), AUTOLOG_FLUSH_INTERVAL=str(interval),
@@ -255,6 +255,7 @@ def test_sigkilled_process_leaves_its_data_for_autolog_sync(fault_server, spool_
     assert list(spool_dir.glob("*.spool")), "the killed process left no spool"
 
     fault_server.start()
+    monkeypatch.setenv("AUTOLOG_TRACKING_URI", fault_server.uri)  # the server sync may send to
     result = sync()
     assert result.exit_code == 0, result.output
     remote = run_by_local_id(fault_server, run_id)
@@ -327,7 +328,7 @@ def test_a_refused_batch_is_kept_for_autolog_sync(scripted_server, spool_dir, ca
     store.close()
     assert "1 batch(es) the server refused" in capsys.readouterr().err
 
-    result = sync()  # tries again: the server takes it now
+    result = sync("--to", scripted_server.uri)  # tries again: the server takes it now
     assert result.exit_code == 0, result.output
     assert "sent 2 metric points" in result.output
     body = json.loads(scripted_server.seen[-1]["body"])
