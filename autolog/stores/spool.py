@@ -444,8 +444,9 @@ class SpoolFile:
 
     def retry_failed(self) -> None:
         """Make refused batches and runs sendable again (``autolog sync`` retries them)."""
-        self._write([("UPDATE batches SET error = NULL", ()),
-                     ("UPDATE runs SET error = NULL", ())])
+        # Only the rows marked: rewriting a row reads its body, and a damaged one fails.
+        self._write([("UPDATE batches SET error = NULL WHERE error IS NOT NULL", ()),
+                     ("UPDATE runs SET error = NULL WHERE error IS NOT NULL", ())])
 
     # -- reads --------------------------------------------------------------------------
 
@@ -559,6 +560,18 @@ def _durable(conn: sqlite3.Connection) -> sqlite3.Connection:
     return conn
 
 
+def create_offline_run(client: MlflowRestClient, run: OfflineRun) -> RunInfo:
+    """Create a run started offline on the server, tagged with its local id; found first,
+    so that a creation whose answer was lost does not make a second run."""
+    experiment_id = run.experiment_id or client.get_or_create_experiment(
+        run.experiment_name).experiment_id
+    info = client.find_run_by_tag([experiment_id], LOCAL_RUN_ID_TAG, run.run_key)
+    if info is None:
+        info = client.create_run(experiment_id, run.run_name, run.start_time,
+                                 {**run.tags, LOCAL_RUN_ID_TAG: run.run_key})
+    return info
+
+
 class Sender:
     """Ships one spool to its server, oldest batch first; no thread of its own.
 
@@ -608,13 +621,7 @@ class Sender:
     def _create_runs(self) -> None:
         for run in self.spool.runs_to_create():
             try:
-                experiment_id = run.experiment_id or self.client.get_or_create_experiment(
-                    run.experiment_name).experiment_id
-                # Find it first: a creation whose answer was lost must not make a second run.
-                info = self.client.find_run_by_tag([experiment_id], LOCAL_RUN_ID_TAG, run.run_key)
-                if info is None:
-                    info = self.client.create_run(experiment_id, run.run_name, run.start_time,
-                                                  {**run.tags, LOCAL_RUN_ID_TAG: run.run_key})
+                info = create_offline_run(self.client, run)
             except (StoreError, *UNSENDABLE) as exc:
                 if _retry_later(exc):
                     raise
@@ -676,6 +683,7 @@ class SpoolStore:
         self._offline: dict[str, OfflineRun] = {}
         self._resolved: dict[str, str] = {}  # offline ids of other processes -> server ids
         self._experiment_names: dict[str, str] = {}
+        self._spool_problem: str | None = None  # why the spool cannot be written, once warned
         self._inherited: SpoolFile | None = None  # a forked child keeps the parent's, unused
         self._reset_process_state()
         _stores.add(self)
@@ -718,6 +726,23 @@ class SpoolStore:
                     self._spool = SpoolFile.create(self.spool_dir, self.uri)
         self._start_sender()
         return self._spool
+
+    def _writable_file(self) -> SpoolFile | None:
+        """This process's spool, or None when it cannot be created (warned once)."""
+        try:
+            return self._file()
+        except (OSError, sqlite3.Error, StoreError) as exc:
+            self._spool_failed(exc)
+            return None
+
+    def _spool_failed(self, exc: BaseException) -> None:
+        if self._spool_problem is None:
+            self._spool_problem = f"{type(exc).__name__}: {exc}"
+            where = self._spool.path if self._spool is not None else self.spool_dir
+            _warn_from_thread(
+                f"the spool {where} cannot be written ({self._spool_problem}); data goes "
+                f"straight to {self.uri} while it answers, and is kept in memory and retried "
+                "while it does not")
 
     def _start_sender(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -820,6 +845,8 @@ class SpoolStore:
         server does not have it yet."""
         if not run_id.startswith(OFFLINE_RUN_PREFIX):
             return run_id
+        if run_id in self._resolved:
+            return self._resolved[run_id]
         if self._spool is not None and self._spool.has_run(run_id):
             return self._spool.server_id(run_id)
         # Started by another process: the server's run carries the local id as a tag.
@@ -836,6 +863,8 @@ class SpoolStore:
         server id (which is the id itself for any run not started offline)."""
         if not run_id.startswith(OFFLINE_RUN_PREFIX):
             return run_id, run_id
+        if run_id in self._resolved:  # on the server already (created without the spool)
+            return self._resolved[run_id], self._resolved[run_id]
         if spool.has_run(run_id):
             return run_id, None
         if run_id in self._offline:  # a forked child's own spool
@@ -898,14 +927,24 @@ class SpoolStore:
             known_id, name = experiment_id, self._experiment_names.get(experiment_id)
         run = OfflineRun(OFFLINE_RUN_PREFIX + uuid.uuid4().hex, known_id, name, run_name,
                          start_time, dict(tags))
-        spool = self._file()
-        spool.add_offline_run(run)
         self._offline[run.run_key] = run
+        spool = self._writable_file()
+        if spool is not None:
+            try:
+                spool.add_offline_run(run)
+            except sqlite3.Error as exc:
+                self._spool_failed(exc)
+                spool = None
         self._warned_outage = True
         self._wake.set()
+        if spool is not None:
+            where = (f"the spool {spool.path} and sent when the server answers (or with "
+                     f"`{sync_command(self.spool_dir)}`)")
+        else:
+            where = ("memory (the spool cannot be written) and sent when the server answers, "
+                     "if this process is still running then")
         _warn(f"{self.uri} does not answer ({self._outage}); run {run.run_key} started "
-              f"offline: it and its data are kept in the spool {spool.path} and sent when the "
-              f"server answers (or with `{sync_command(self.spool_dir)}`)")
+              f"offline: it and its data are kept in {where}")
         return RunInfo(run.run_key, experiment_id, run_name, RUNNING, start_time)
 
     def update_run(self, run_id: str, status: str, end_time: int | None) -> None:
@@ -935,10 +974,57 @@ class SpoolStore:
             self._append(run_id, entries)
 
     def _append(self, run_id: str, entries: list[tuple[str, int, bytes]]) -> None:
-        spool = self._file()
-        run_key, server_id = self._run_key(spool, run_id)
-        spool.append(run_key, entries, server_id)
-        self._wake.set()
+        """Spool the entries; when the spool cannot be written, send them now (raising,
+        so that the writer keeps them and retries, when the server does not answer)."""
+        spool = self._writable_file()
+        if spool is not None:
+            run_key, server_id = self._run_key(spool, run_id)
+            try:
+                spool.append(run_key, entries, server_id)
+            except sqlite3.Error as exc:  # a full disk, an I/O error: nothing was committed
+                self._spool_failed(exc)
+            else:
+                self._wake.set()
+                return
+        self._deliver_now(run_id, entries)
+
+    def _deliver_now(self, run_id: str, entries: list[tuple[str, int, bytes]]) -> None:
+        """Send spool entries straight to the server, in order (the spool's fallback)."""
+        server_id = self._direct_server_id(run_id)
+        for kind, _, body in entries:
+            if kind == "metrics":
+                for _, request in metric_bodies(unpack_rows(body)):
+                    self.client.post_batch(server_id, request)
+            elif kind == "tags":
+                self.client.post_batch(server_id, body)
+            elif kind == "params":
+                self.client.log_params(server_id, json.loads(body))
+            else:
+                status = json.loads(body)
+                self.client.update_run(server_id, status["status"], status["end_time"])
+
+    def _direct_server_id(self, run_id: str) -> str:
+        """The server's id for a run whose data cannot be spooled; a run started offline
+        is created on the server here (raising while the server does not answer)."""
+        if not run_id.startswith(OFFLINE_RUN_PREFIX):
+            return run_id
+        server_id = self._resolved.get(run_id)
+        if server_id is not None:
+            return server_id
+        if self._spool is not None and self._spool.has_run(run_id):
+            server_id = self._spool.server_id(run_id)
+            if server_id is None:  # the sender creates it from the spool: not twice
+                self._wake.set()
+                raise StoreError(f"run {run_id} is not created on {self.uri} yet")
+        elif run_id in self._offline:
+            server_id = create_offline_run(self.client, self._offline[run_id]).run_id
+        else:
+            server_id = self.server_run_id(run_id)
+            if server_id is None:
+                raise RunNotFoundError(f"run {run_id} is not on {self.uri} yet, nor in this "
+                                       "process's spool")
+        self._resolved[run_id] = server_id
+        return server_id
 
     # -- the Store protocol: reads --------------------------------------------------------
 
@@ -1028,7 +1114,9 @@ def send_spool_file(path: Path, progress_factory=None, *, to: str | None = None,
         if refusal is not None:
             return SpoolOutcome(path, None, problem=refusal)
         spool = SpoolFile.claim(path)
-    except (StoreError, sqlite3.Error, OSError) as exc:
+    except (sqlite3.OperationalError, OSError) as exc:  # a full disk, a read-only folder
+        return SpoolOutcome(path, None, problem=f"could not open ({type(exc).__name__}: {exc})")
+    except (StoreError, sqlite3.Error) as exc:  # not a database, not a spool
         return SpoolOutcome(path, None, problem=f"unreadable ({type(exc).__name__}: {exc})")
     if spool is None:
         return SpoolOutcome(path, None, held=True, problem="in use by a running process, "
