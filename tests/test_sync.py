@@ -177,13 +177,47 @@ def test_copy_shows_progress_and_embedded_to_embedded_works(store_uri, tmp_path,
     other = f"sqlite:///{tmp_path / 'other.db'}"
     report = copy_between(store_uri, other, progress=True)
     assert report.runs_created == 3
-    assert "copying runs" in capsys.readouterr().err
+    assert "copying: 100%" in capsys.readouterr().err
     copied = open_store(other)
     exp = copied.get_experiment_by_name(experiment)
     parent = next(r for r in copied.search_runs([exp.experiment_id])
                   if r.tags[SOURCE_RUN_TAG] == runs["parent"].id)
     assert len(copied.get_metric_history(parent.run_id, "loss")) == 1200
     assert copy_between(store_uri, other).runs_unchanged == 3
+
+
+def test_a_large_copy_streams_and_a_second_sends_nothing(store_uri, tmp_path):
+    logged = 200_000
+    experiment = unique("large")
+    with autolog.start_run(experiment=experiment) as run:
+        for step in range(logged):
+            autolog.log_metric("loss", step / 3, step=step)
+        for step in range(1000):
+            autolog.log_metric("acc", step / 1000, step=step)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    first = sync("--from", store_uri, "--to", other)
+    assert first.exit_code == 0, first.output
+    assert f"1 created, 0 updated, 0 already up to date; copied {logged + 1000:,} metric points" \
+        in first.output
+    assert first.output.count("\n") == 1  # off a terminal: one summary line, no bar
+    copied = open_store(other)
+    (copy,) = copied.search_runs([copied.get_experiment_by_name(experiment).experiment_id])
+    assert copied.metric_counts(copy.run_id) == {"loss": logged, "acc": 1000}
+    history = copied.get_metric_history(copy.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(step, step / 3) for step in range(logged)]
+
+    again = sync("--from", store_uri, "--to", other)
+    assert again.exit_code == 0, again.output
+    assert "0 created, 0 updated, 1 already up to date; copied 0 metric points" in again.output
+    assert copied.metric_counts(copy.run_id) == {"loss": logged, "acc": 1000}
+
+    # a key that gained points is compared point by point; the other is not re-sent
+    with autolog.start_run(run_id=run.id):
+        for step in range(logged, logged + 5):
+            autolog.log_metric("loss", step / 3, step=step)
+    more = sync("--from", store_uri, "--to", other)
+    assert "1 updated" in more.output and "copied 5 metric points" in more.output
+    assert copied.metric_counts(copy.run_id) == {"loss": logged + 5, "acc": 1000}
 
 
 def test_a_nested_run_that_starts_before_its_parent_links_to_the_parents_copy(store_uri, tmp_path):
