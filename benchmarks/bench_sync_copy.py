@@ -6,9 +6,9 @@
 It fills a source store with one run of N points (one key, in 50,000-point batches),
 then runs, each in a fresh interpreter so that each peak is its own: the first copy
 into an empty store, the re-sync with nothing new, and a re-sync after one more point
-(the key is then compared point by point, holding the copy's points of that key). For each it prints the wall time
-and the peak resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``), and checks
-the copy holds every point.
+(the key is then compared point by point, holding the copy's points of that key). For
+each it prints the wall time and the peak resident memory
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``), and checks the copy holds every point.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ def test_flipped_bytes_in_the_middle_reach_no_server(sqlite_server, spool_dir, u
     logged = 100_000
     autolog.set_tracking_uri(unused_uri)  # the server is down the whole run
     with pytest.warns(autolog.AutologWarning, match="started offline"):
-        with autolog.start_run(run_name="damaged", experiment="damage/flip") as run:
+        with autolog.start_run(run_name="damaged", experiment="damage/flip"):
             for step in range(logged):
                 autolog.log_metric("m", value(step), step=step)
         close_all()
@@ -316,3 +316,45 @@ def test_a_spool_owned_by_another_user_is_not_opened(scripted_server, spool_dir,
     assert linked.exit_code == 1 and "not a regular file" in linked.output
     assert scripted_server.seen == []
 
+
+
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (run_key TEXT PRIMARY KEY, server_id TEXT, experiment_id TEXT,
+    experiment_name TEXT, run_name TEXT, start_time INTEGER, tags TEXT, error TEXT);
+CREATE TABLE batches (seq INTEGER PRIMARY KEY, run_key TEXT NOT NULL REFERENCES runs(run_key),
+    kind TEXT NOT NULL CHECK (kind IN ('params', 'tags', 'metrics', 'status')),
+    points INTEGER NOT NULL, body BLOB NOT NULL, error TEXT);
+CREATE INDEX batches_by_run ON batches(run_key);
+"""
+
+
+def test_a_format_1_spool_from_autolog_0_1_is_still_sent(sqlite_server, spool_dir, monkeypatch):
+    """Format 1 (no checksums), laid out as autolog 0.1 wrote it."""
+    import sqlite3
+
+    monkeypatch.setenv("AUTOLOG_TRACKING_URI", sqlite_server.uri)
+    spool_dir.mkdir(parents=True)
+    run_id = server_run(sqlite_server)
+    path = spool_dir / "1234-abcd.spool"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(f"BEGIN; {V1_SCHEMA} COMMIT;")
+    conn.execute("INSERT INTO meta VALUES ('uri', ?)", (sqlite_server.uri,))
+    conn.execute("INSERT INTO runs (run_key, server_id) VALUES (?, ?)", (run_id, run_id))
+    for start in range(0, 3000, 1000):
+        rows = [("m", value(s), 1_000 + s, s) for s in range(start, start + 1000)]
+        conn.execute("INSERT INTO batches (run_key, kind, points, body) VALUES (?, 'metrics', ?, ?)",
+                     (run_id, len(rows), pack_rows(rows)))
+    conn.execute("INSERT INTO batches (run_key, kind, points, body) VALUES (?, 'params', 1, ?)",
+                 (run_id, b'{"lr": "0.1"}'))
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("PRAGMA application_id = 1634496359")  # "alog"
+    conn.close()
+
+    result = sync()
+    assert result.exit_code == 0, result.output
+    assert "1234-abcd.spool: sent 3,000 metric points (4 batches)" in result.output
+    points = server_points(sqlite_server, run_id)
+    assert sorted(points) == list(range(3000)) and all(points[s] == value(s) for s in points)
+    assert sqlite_server.client().get_run(run_id).data.params == {"lr": "0.1"}
+    assert not path.exists()
