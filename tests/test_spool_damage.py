@@ -358,3 +358,21 @@ def test_a_format_1_spool_from_autolog_0_1_is_still_sent(sqlite_server, spool_di
     assert sorted(points) == list(range(3000)) and all(points[s] == value(s) for s in points)
     assert sqlite_server.client().get_run(run_id).data.params == {"lr": "0.1"}
     assert not path.exists()
+
+
+def test_a_spool_sent_elsewhere_keeps_the_runs_that_server_lacks(sqlite_server, fault_server,
+                                                                   spool_dir):
+    """``--to`` a server that never had the spool's run: refused, kept, reported; then
+    sent to the right one, every point arrives."""
+    spool_dir.mkdir(parents=True)
+    run_id = server_run(sqlite_server)
+    planted = planted_spool(spool_dir, sqlite_server.uri, run_id, range(0, 2000))
+    wrong = sync("--to", fault_server.uri)
+    assert wrong.exit_code == 1, wrong.output
+    assert (f"sent 0 metric points (0 batches) to {fault_server.uri}; left in {planted}: "
+            "2 batch(es) the server refused") in wrong.output
+    assert f"run {run_id} is not on {fault_server.uri}" in wrong.stderr
+    right = sync("--to", sqlite_server.uri)
+    assert right.exit_code == 0, right.output
+    points = server_points(sqlite_server, run_id)
+    assert sorted(points) == list(range(2000)) and all(points[s] == value(s) for s in points)

@@ -584,10 +584,13 @@ class Sender:
     """
 
     def __init__(self, spool: SpoolFile, client: MlflowRestClient,
-                 notify: Callable[[str], None] = _warn):
+                 notify: Callable[[str], None] = _warn, drop_missing_runs: bool = True):
         self.spool = spool
         self.client = client
         self.notify = notify
+        # False when sending to another server than the spool's (``autolog sync --to``):
+        # a run it does not know was never there, and its data must not be dropped.
+        self.drop_missing_runs = drop_missing_runs
 
     def send_available(self, stop: Callable[[], bool] = lambda: False,
                        progress: Callable[[Batch], None] | None = None) -> None:
@@ -648,6 +651,11 @@ class Sender:
             self.spool.delete(batch.seq)
             self.notify(f"param dropped: {exc}")
         except RunNotFoundError as exc:
+            if not self.drop_missing_runs:
+                self.spool.mark_failed(batch.seq, str(exc))
+                self.notify(f"run {batch.server_id} is not on {self.client.uri}; the batch is "
+                            f"kept in {self.spool.path}: {exc}")
+                return True
             points = self.spool.drop_run(batch.run_key)
             self.notify(f"run {batch.server_id} no longer exists on {self.client.uri}; its "
                         f"{points} spooled metric points were dropped: {exc}")
@@ -1144,7 +1152,9 @@ def send_spool_file(path: Path, progress_factory=None, *, to: str | None = None,
                 if bar is not None:
                     bar.update(batch.points)
 
-        Sender(spool, client, outcome.notes.append).send_available(progress=sent)
+        elsewhere = to is not None and origin(to) != origin(spool.uri)
+        Sender(spool, client, outcome.notes.append,
+               drop_missing_runs=not elsewhere).send_available(progress=sent)
     except StoreError as exc:
         outcome.problem = (f"{outcome.sent_to} does not take data now: {exc}" if _retry_later(exc)
                            else f"stopped: {exc}")
