@@ -13,7 +13,9 @@ Per key, the points each side holds are counted first (from the embedded store's
 headers, without reading a point; by paging through a server's history): a key the copy
 holds as many points of as the source is taken as copied and not read again, which
 makes a re-sync with nothing new cheap. Only a key whose counts differ is compared point
-by point, holding the copy's points of that one key. (A copy only ``autolog sync``
+by point, holding at most :data:`HELD_POINTS` of the copy's points at once (a larger key
+is compared in several passes, each over the points whose identity hashes to it). (A
+copy only ``autolog sync``
 writes to stays exact this way; points logged into a copy by hand could mask as many
 missing ones.)
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +43,7 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 ALL_RUNS = 2**31 - 1
 POINTS_PER_CALL = 50_000
 PAGE_POINTS = 50_000  # points read from a history at a time
+HELD_POINTS = 500_000  # at most this many of a copy's points are held to compare a key
 _FLOAT_MAX = sys.float_info.max
 
 
@@ -227,17 +231,20 @@ def _copy_run(source: Store, dest: Store, experiment: Experiment, record: RunRec
         report.runs_unchanged += 1
 
 
-def _identity(key: str, value: float, timestamp: int, step: int) -> tuple:
-    """A point as an MLflow server stores it: NaN is NaN, ±inf is ±max float."""
+_PACK_IDENTITY = struct.Struct("<qqd").pack
+
+
+def _identity_of(point: MetricRow) -> bytes:
+    """A point of one key as an MLflow server stores it (NaN is NaN, ±inf is ±max
+    float), packed in 24 bytes: a copy's points are held by the hundred thousand."""
+    _, value, timestamp, step = point
     if math.isnan(value):
-        stored: object = "nan"
+        value = math.nan  # one NaN, whatever its bits
     elif value >= _FLOAT_MAX:
-        stored = math.inf
+        value = math.inf
     elif value <= -_FLOAT_MAX:
-        stored = -math.inf
-    else:
-        stored = value
-    return key, timestamp, step, stored
+        value = -math.inf
+    return _PACK_IDENTITY(timestamp, step, value)
 
 
 def history_pages(store: Store, run_id: str, key: str) -> Iterator[list[MetricRow]]:
@@ -278,12 +285,21 @@ def _missing_points(source: Store, dest: Store, source_id: str, copy: RunRecord 
         if key in held_counts and held_counts[key] == wanted[key]:  # copied (module doc)
             examined(wanted[key])
             continue
-        held = set()
-        if held_counts.get(key):
-            held = {_identity(*point) for page in history_pages(dest, copy.info.run_id, key)
-                    for point in page}
-        for page in history_pages(source, source_id, key):
-            examined(len(page))
-            if held:
-                page = [point for point in page if _identity(*point) not in held]
-            yield from page
+        if not held_counts.get(key):
+            for page in history_pages(source, source_id, key):
+                examined(len(page))
+                yield from page
+            continue
+        # Compared in as many passes as keep the copy's points held at once within
+        # HELD_POINTS: pass i holds and sends only the points whose identity hashes to i.
+        passes = -(-held_counts[key] // HELD_POINTS)
+        for part in range(passes):
+            held = {identity for page in history_pages(dest, copy.info.run_id, key)
+                    for identity in map(_identity_of, page) if hash(identity) % passes == part}
+            for page in history_pages(source, source_id, key):
+                if part == passes - 1:
+                    examined(len(page))
+                for point in page:
+                    identity = _identity_of(point)
+                    if hash(identity) % passes == part and identity not in held:
+                        yield point

@@ -266,3 +266,25 @@ def test_sync_usage_errors(store_uri):
     missing = sync("--from", store_uri, "--to", "sqlite:///elsewhere.db", "-e", "no-such")
     assert missing.exit_code == 1 and "no experiment named 'no-such'" in missing.output
     assert "nothing to send" in sync().output
+
+
+def test_a_key_larger_than_the_held_bound_is_compared_in_passes(store_uri, tmp_path, monkeypatch):
+    from autolog import sync as sync_module
+
+    monkeypatch.setattr(sync_module, "HELD_POINTS", 1000)  # 5 passes over 5,000 points
+    source = open_store(store_uri)
+    experiment = source.get_or_create_experiment(unique("passes"))
+    run = source.create_run(experiment.experiment_id, "r", 1, {})
+    source.log_batch(run.run_id, metrics=[("m", step / 3, 10 + step, step) for step in range(5000)]
+                     + [("m", math.nan, 1, 0), ("m", math.inf, 2, 0)])
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert copy_between(store_uri, other).points == 5002
+    # new points between the old ones (the same steps, later timestamps), and an old one again
+    late = [("m", step / 5, 100_000 + step, step) for step in range(0, 5000, 500)]
+    source.log_batch(run.run_id, metrics=[*late, ("m", 0.0, 10, 0)])
+    report = copy_between(store_uri, other)
+    assert (report.runs_updated, report.points) == (1, len(late))
+    copied = open_store(other)
+    (copy,) = copied.search_runs([copied.get_experiment_by_name(experiment.name).experiment_id])
+    assert copied.metric_counts(copy.run_id) == {"m": 5002 + len(late)}
+    assert copy_between(store_uri, other).points == 0  # counts differ (a duplicate): nothing sent
