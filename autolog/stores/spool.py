@@ -1093,6 +1093,11 @@ def origin(uri: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
 
 
+def _takes_credentials(uri: str) -> bool:
+    """A spool for the embedded store sends nothing over the network: no check needed."""
+    return not uri.startswith("sqlite:///")
+
+
 def _not_yours(path: Path) -> str | None:
     """Why ``path`` must not be opened: another user's file (planted in a shared folder,
     its URI would get this user's credentials) or not a regular file."""
@@ -1112,7 +1117,8 @@ def send_spool_file(path: Path, progress_factory=None, *, to: str | None = None,
 
     The spool goes to ``to`` if given, else to the server it names, but only when that
     server has the origin (scheme, host, port) of ``configured``, the tracking URI the
-    user set: the environment's credentials go nowhere else. ``command(uri)`` is the
+    user set: the environment's credentials go nowhere else (a spool for an embedded
+    store, which takes no credentials, goes to its store). ``command(uri)`` is the
     command that sends it to ``uri`` (for the message when it is not sent). Batches
     refused earlier are retried. ``progress_factory(total)`` may return an object with
     ``update(n)`` and ``close()`` (a tqdm bar) that counts metric points.
@@ -1132,7 +1138,8 @@ def send_spool_file(path: Path, progress_factory=None, *, to: str | None = None,
     outcome = SpoolOutcome(path, spool.uri)
     client = bar = None
     try:
-        if to is None and (configured is None or origin(spool.uri) != origin(configured)):
+        if to is None and _takes_credentials(spool.uri) and (
+                configured is None or origin(spool.uri) != origin(configured)):
             outcome.problem = (
                 f"not sent: it names {spool.uri}, not the configured tracking server "
                 f"({configured or 'none set'}), and credentials go only there; if you trust "
