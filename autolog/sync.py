@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from autolog.stores import open_store
 from autolog.stores.base import Experiment, MetricRow, RunRecord, Store, StoreError
-from autolog.stores.mlflow_rest import HISTORY_PAGE_SIZE, MlflowRestClient, _redact_userinfo
+from autolog.stores.mlflow_rest import HISTORY_PAGE_SIZE, MlflowRestClient
 from autolog.stores.spool import SpoolOutcome, default_spool_dir, send_spool_file, spool_files
 
 SOURCE_RUN_TAG = "autolog.source_run_id"
@@ -107,7 +107,7 @@ def open_for_copy(uri: str, create: bool) -> Store:
 def copy_between(source_uri: str, dest_uri: str, experiments: Sequence[str] = (),
                  progress: bool | None = None) -> CopyReport:
     if source_uri == dest_uri:
-        raise ValueError(f"--from and --to are the same store: {_redact_userinfo(source_uri)[0]}")
+        raise ValueError(f"--from and --to are the same store: {source_uri}")
     source = open_for_copy(source_uri, create=False)
     dest = open_for_copy(dest_uri, create=True)
     started = time.monotonic()
