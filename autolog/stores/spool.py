@@ -679,7 +679,8 @@ class SpoolStore:
     sends. ``create_run`` and ``get_or_create_experiment`` try the server once, without
     retries, and fall back to local ids when it does not answer. Reads (``get_run``,
     ``get_metric_history``, ``search_runs``) first wait a bounded time for what is spooled
-    for them to arrive, so a process reads what it wrote.
+    for them to arrive, so a process reads what it wrote. When the spool cannot be created
+    or written, writes go straight to the server (see the module doc).
     """
 
     def __init__(self, uri: str, spool_dir: Path | str | None = None):
@@ -1168,8 +1169,10 @@ def send_spool_file(path: Path, progress_factory=None, *, to: str | None = None,
     except sqlite3.OperationalError as exc:  # a full disk: the deletes cannot be written
         outcome.problem = (f"could not update the spool file ({exc}); what was sent since its "
                            "last update is sent again next time (the server keeps one copy)")
-    except (sqlite3.Error, OSError, *UNSENDABLE) as exc:
+    except sqlite3.Error as exc:  # a truncated or corrupt file
         outcome.problem = f"damaged ({type(exc).__name__}: {exc})"
+    except (OSError, *UNSENDABLE) as exc:
+        outcome.problem = f"stopped ({type(exc).__name__}: {exc})"
     finally:
         if bar is not None:
             bar.close()
