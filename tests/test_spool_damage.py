@@ -360,18 +360,21 @@ def test_a_format_1_spool_from_autolog_0_1_is_still_sent(sqlite_server, spool_di
     assert not path.exists()
 
 
-def test_a_spool_sent_elsewhere_keeps_the_runs_that_server_lacks(sqlite_server, fault_server,
+def test_a_spool_sent_elsewhere_keeps_the_runs_that_server_lacks(sqlite_server, scripted_server,
                                                                    spool_dir):
-    """``--to`` a server that never had the spool's run: refused, kept, reported; then
-    sent to the right one, every point arrives."""
+    """``--to`` a server that never had the spool's run (it answers as MLflow does for an
+    unknown run): refused, kept, reported; then sent to the right one, every point arrives."""
     spool_dir.mkdir(parents=True)
     run_id = server_run(sqlite_server)
     planted = planted_spool(spool_dir, sqlite_server.uri, run_id, range(0, 2000))
-    wrong = sync("--to", fault_server.uri)
+    scripted_server.script = [(404, {"error_code": "RESOURCE_DOES_NOT_EXIST",
+                                     "message": f"Run with id={run_id} not found"})] * 2
+    wrong = sync("--to", scripted_server.uri)
     assert wrong.exit_code == 1, wrong.output
-    assert (f"sent 0 metric points (0 batches) to {fault_server.uri}; left in {planted}: "
+    assert len(scripted_server.seen) == 2  # both batches tried, neither dropped
+    assert (f"sent 0 metric points (0 batches) to {scripted_server.uri}; left in {planted}: "
             "2 batch(es) the server refused") in wrong.output
-    assert f"run {run_id} is not on {fault_server.uri}" in wrong.stderr
+    assert f"run {run_id} is not on {scripted_server.uri}" in wrong.output
     right = sync("--to", sqlite_server.uri)
     assert right.exit_code == 0, right.output
     points = server_points(sqlite_server, run_id)
