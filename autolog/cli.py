@@ -208,55 +208,73 @@ def experiments_list(tracking_uri: str | None, as_json: bool) -> None:
 
 
 @main.command("sync")
+@click.argument("spools", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--from", "source", metavar="URI", default=None,
               help="Copy runs from this store (sqlite:///path.db or http(s)://host:port).")
-@click.option("--to", "dest", metavar="URI", default=None, help="Copy runs into this store.")
+@click.option("--to", "dest", metavar="URI", default=None,
+              help="With --from: copy runs into this store. Alone: send the spools to this "
+              "MLflow server, whatever server they name.")
 @click.option("--experiment", "-e", "experiments", multiple=True,
               help="With --from/--to: copy only this experiment (repeatable; default: all).")
 @click.option("--spool-dir", type=click.Path(file_okay=False, path_type=Path),
               envvar="AUTOLOG_SPOOL_DIR", default=None,
               help="Spools to send (default: $AUTOLOG_SPOOL_DIR, then ~/.autolog/spool).")
-def sync_command(source: str | None, dest: str | None, experiments: tuple[str, ...],
-                 spool_dir: Path | None) -> None:
+def sync_command(spools: tuple[Path, ...], source: str | None, dest: str | None,
+                 experiments: tuple[str, ...], spool_dir: Path | None) -> None:
     """Send what spools hold to their MLflow servers, or copy runs between two stores.
 
-    Without options: send every spool no running process holds (data kept while a
-    server was down, or left by a process that exited or was killed). With --from and
-    --to: copy runs, experiments matched by name; running it again copies only what is
-    new. Credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN.
+    Without --from: send every spool (or the SPOOLS named) that no running process holds
+    (data kept while a server was down, or left by a process that exited or was killed).
+    A spool is sent to the server it names only if that is the configured tracking
+    server ($AUTOLOG_TRACKING_URI, then $MLFLOW_TRACKING_URI); --to URI sends it there
+    instead. With --from and --to: copy runs, experiments matched by name; running it
+    again copies only what is new. Credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD
+    or MLFLOW_TRACKING_TOKEN. Exits 1 when anything was left unsent.
     """
     from autolog import sync
 
-    if (source is None) != (dest is None):
-        raise click.UsageError("--from and --to go together")
     if source is not None:
+        if dest is None:
+            raise click.UsageError("--from and --to go together")
+        if spools:
+            raise click.UsageError("spool files go without --from")
         try:
             report = sync.copy_between(source, dest, experiments)
-        except (StoreError, ValueError) as exc:
+        except (StoreError, ValueError, OSError, sqlite3.Error) as exc:
             raise click.ClickException(str(exc)) from exc
         click.echo(report.summary())
         return
     if experiments:
         raise click.UsageError("--experiment goes with --from and --to")
+    if dest is not None and not dest.startswith(("http://", "https://")):
+        raise click.UsageError("without --from, --to names the MLflow server to send spools "
+                               "to: http(s)://host:port")
     directory = spool_dir or sync.default_spool_dir()
-    outcomes = sync.send_spools(directory)
+    outcomes = sync.send_spools(directory, files=spools, to=dest,
+                                configured=settings.resolved_tracking_uri())
     if not outcomes:
         click.echo(f"nothing to send: no spool in {directory}")
-    incomplete = False
     for outcome in outcomes:
-        if outcome.uri is None:
-            click.echo(f"{outcome.path}: skipped, {outcome.problem}")
-            continue
-        line = (f"{outcome.path.name}: sent {outcome.sent_points:,} metric points "
-                f"({outcome.sent_batches} batches) to {outcome.uri}")
-        if not outcome.left.empty:
-            incomplete = True
-            line += f"; left in {outcome.path}: {outcome.left.describe()}"
-        if outcome.problem:
-            line += f" ({outcome.problem})"
-        click.echo(line)
-    if incomplete:
+        for note in outcome.notes:
+            click.echo(f"autolog: {note}", err=True)
+        click.echo(_spool_line(outcome))
+    if not all(outcome.complete for outcome in outcomes):
         sys.exit(1)
+
+
+def _spool_line(outcome) -> str:
+    """One line per spool file: what was sent, what is left and why."""
+    if outcome.held:
+        return f"{outcome.path.name}: skipped, {outcome.problem}"
+    if outcome.sent_to is None:
+        return f"{outcome.path}: {outcome.problem}"
+    line = (f"{outcome.path.name}: sent {outcome.sent_points:,} metric points "
+            f"({outcome.sent_batches} batches) to {outcome.sent_to}")
+    if not outcome.left.empty:
+        line += f"; left in {outcome.path}: {outcome.left.describe()}"
+    if outcome.problem:
+        line += f" ({outcome.problem})"
+    return line
 
 
 if __name__ == "__main__":

@@ -7,13 +7,27 @@ hold (compared as MLflow stores them: a server keeps ±inf as ±max float and an
 point once), and the status. A run that is itself a copy of a destination run is synced
 back into that run instead of being copied again. Params never overwrite: a key the
 destination holds with another value is reported, not sent.
+
+Histories stream in pages (:data:`PAGE_POINTS`), so memory does not grow with a run.
+Per key, the points each side holds are counted first (from the embedded store's chunk
+headers, without reading a point; by paging through a server's history): a key the copy
+holds as many points of as the source is taken as copied and not read again, which
+makes a re-sync with nothing new cheap. Only a key whose counts differ is compared point
+by point, holding at most :data:`HELD_POINTS` of the copy's points at once (a larger key
+is compared in several passes, each over the points whose identity hashes to it). (A
+copy only ``autolog sync``
+writes to stays exact this way; points logged into a copy by hand could mask as many
+missing ones.)
 """
 
 from __future__ import annotations
 
 import math
+import shlex
+import struct
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,31 +35,41 @@ from tqdm import tqdm
 
 from autolog.stores import open_store
 from autolog.stores.base import Experiment, MetricRow, RunRecord, Store, StoreError
-from autolog.stores.mlflow_rest import MlflowRestClient
+from autolog.stores.mlflow_rest import HISTORY_PAGE_SIZE, MlflowRestClient
 from autolog.stores.spool import SpoolOutcome, default_spool_dir, send_spool_file, spool_files
 
 SOURCE_RUN_TAG = "autolog.source_run_id"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 ALL_RUNS = 2**31 - 1
 POINTS_PER_CALL = 50_000
+PAGE_POINTS = 50_000  # points read from a history at a time
+HELD_POINTS = 500_000  # at most this many of a copy's points are held to compare a key
 _FLOAT_MAX = sys.float_info.max
 
 
 # -- spools -------------------------------------------------------------------------------
 
 
-def send_spools(directory: Path | None = None, progress: bool | None = None) -> list[SpoolOutcome]:
+def send_spools(directory: Path | None = None, progress: bool | None = None, *,
+                files: Sequence[Path] = (), to: str | None = None,
+                configured: str | None = None) -> list[SpoolOutcome]:
     """Send every spool file in ``directory`` (default ``$AUTOLOG_SPOOL_DIR`` or
-    ``~/.autolog/spool``) that no running process holds. ``progress=None`` shows bars
-    only on a terminal."""
+    ``~/.autolog/spool``), or only ``files``, that no running process holds, each to
+    ``to`` if given, else to the server it names when that is ``configured`` (see
+    :func:`~autolog.stores.spool.send_spool_file`). One damaged file never stops the
+    others. ``progress=None`` shows a bar, counted in metric points, only on a terminal."""
     directory = directory or default_spool_dir()
     outcomes = []
-    for path in spool_files(directory):
+    for path in files or spool_files(directory):
         def bar(total: int, name: str = path.name) -> tqdm:
-            return tqdm(total=total, unit="batch", desc=f"sending {name}", leave=False,
-                        disable=None if progress is None else not progress)
+            return tqdm(total=total, unit="point", desc=f"sending {name}",
+                        leave=False, disable=None if progress is None else not progress)
 
-        outcomes.append(send_spool_file(path, bar))
+        def command(uri: str, path: Path = path) -> str:
+            return f"autolog sync --to {shlex.quote(uri)} {shlex.quote(str(path))}"
+
+        outcomes.append(send_spool_file(path, bar, to=to, configured=configured,
+                                        command=command))
     return outcomes
 
 
@@ -61,11 +85,13 @@ class CopyReport:
     params: int = 0
     tags: int = 0
     conflicts: list[str] = field(default_factory=list)
+    seconds: float = 0.0
 
     def summary(self) -> str:
+        """What was copied: the final line a copy prints, on a terminal or not."""
         lines = [f"runs: {self.runs_created} created, {self.runs_updated} updated, "
                  f"{self.runs_unchanged} already up to date; copied {self.points:,} metric "
-                 f"points, {self.params} params, {self.tags} tags"]
+                 f"points, {self.params} params, {self.tags} tags in {self.seconds:.1f} s"]
         lines.extend(f"not copied: {conflict}" for conflict in self.conflicts)
         return "\n".join(lines)
 
@@ -84,8 +110,11 @@ def copy_between(source_uri: str, dest_uri: str, experiments: Sequence[str] = ()
         raise ValueError(f"--from and --to are the same store: {source_uri}")
     source = open_for_copy(source_uri, create=False)
     dest = open_for_copy(dest_uri, create=True)
+    started = time.monotonic()
     try:
-        return copy_runs(source, dest, experiments, progress)
+        report = copy_runs(source, dest, experiments, progress)
+        report.seconds = time.monotonic() - started
+        return report
     finally:
         for store in (source, dest):
             if isinstance(store, MlflowRestClient):
@@ -106,7 +135,11 @@ def copy_runs(source: Store, dest: Store, experiments: Sequence[str] = (),
             for experiment in chosen]
     report = CopyReport()
     id_map: dict[str, str] = {}  # source run id -> destination run id, for parent links
-    with tqdm(total=sum(len(runs) for _, runs in work), unit="run", desc="copying runs",
+    total = None  # known up front only where counting costs no read of the points
+    if hasattr(source, "metric_counts"):
+        total = sum(sum(source.metric_counts(record.info.run_id).values())
+                    for _, runs in work for record in runs)
+    with tqdm(total=total, unit="point", desc="copying",
               disable=None if progress is None else not progress) as bar:
         for experiment, runs in work:
             target = dest.get_or_create_experiment(experiment.name)
@@ -118,9 +151,7 @@ def copy_runs(source: Store, dest: Store, experiments: Sequence[str] = (),
             for record in runs:
                 copy = by_source.get(record.info.run_id) or by_id.get(
                     record.tags.get(SOURCE_RUN_TAG, ""))
-                _copy_run(source, dest, target, record, copy, id_map, report)
-                bar.update(1)
-                bar.set_postfix(points=report.points, refresh=False)
+                _copy_run(source, dest, target, record, copy, id_map, report, bar.update)
     return report
 
 
@@ -144,7 +175,8 @@ def parents_first(runs: Sequence[RunRecord]) -> list[RunRecord]:
 
 
 def _copy_run(source: Store, dest: Store, experiment: Experiment, record: RunRecord,
-              copy: RunRecord | None, id_map: dict[str, str], report: CopyReport) -> None:
+              copy: RunRecord | None, id_map: dict[str, str], report: CopyReport,
+              examined: Callable[[int], object] = lambda points: None) -> None:
     info = record.info
     tags = dict(record.tags)
     if tags.get(PARENT_RUN_TAG) in id_map:
@@ -173,7 +205,9 @@ def _copy_run(source: Store, dest: Store, experiment: Experiment, record: RunRec
         dest.log_batch(run_id, tags=new_tags)
     points = 0
     batch: list[MetricRow] = []
-    for point in _missing_points(source, dest, info.run_id, copy, sorted(record.metrics)):
+    missing = _missing_points(source, dest, info.run_id, None if created else copy,
+                              sorted(record.metrics), examined)
+    for point in missing:
         batch.append(point)
         if len(batch) == POINTS_PER_CALL:
             dest.log_batch(run_id, metrics=batch)
@@ -197,28 +231,75 @@ def _copy_run(source: Store, dest: Store, experiment: Experiment, record: RunRec
         report.runs_unchanged += 1
 
 
-def _identity(key: str, value: float, timestamp: int, step: int) -> tuple:
-    """A point as an MLflow server stores it: NaN is NaN, ±inf is ±max float."""
+_PACK_IDENTITY = struct.Struct("<qqd").pack
+
+
+def _identity_of(point: MetricRow) -> bytes:
+    """A point of one key as an MLflow server stores it (NaN is NaN, ±inf is ±max
+    float), packed in 24 bytes: a copy's points are held by the hundred thousand."""
+    _, value, timestamp, step = point
     if math.isnan(value):
-        stored: object = "nan"
+        value = math.nan  # one NaN, whatever its bits
     elif value >= _FLOAT_MAX:
-        stored = math.inf
+        value = math.inf
     elif value <= -_FLOAT_MAX:
-        stored = -math.inf
+        value = -math.inf
+    return _PACK_IDENTITY(timestamp, step, value)
+
+
+def history_pages(store: Store, run_id: str, key: str) -> Iterator[list[MetricRow]]:
+    """A key's points in pages: the embedded store's chunks, a server's history pages."""
+    if hasattr(store, "iter_metric_history"):
+        yield from store.iter_metric_history(run_id, key, PAGE_POINTS)
+    elif isinstance(store, MlflowRestClient):
+        request = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE_SIZE}
+        page: list[MetricRow] = []
+        for m in store._pages("GET", "metrics/get-history", request, "metrics"):
+            page.append((m["key"], float(m["value"]), int(m.get("timestamp", 0)),
+                         int(m.get("step", 0))))
+            if len(page) == PAGE_POINTS:
+                yield page
+                page = []
+        if page:
+            yield page
     else:
-        stored = value
-    return key, timestamp, step, stored
+        yield [(m.key, m.value, m.timestamp, m.step)
+               for m in store.get_metric_history(run_id, key)]
 
 
-def _missing_points(source: Store, dest: Store, source_id: str, copy: RunRecord,
-                    keys: Sequence[str]) -> Iterator[MetricRow]:
+def metric_counts(store: Store, run_id: str, keys: Sequence[str]) -> dict[str, int]:
+    """key -> points ``store`` holds for the run: without reading them where it can."""
+    if hasattr(store, "metric_counts"):
+        counts = store.metric_counts(run_id)
+        return {key: counts.get(key, 0) for key in keys}
+    return {key: sum(map(len, history_pages(store, run_id, key))) for key in keys}
+
+
+def _missing_points(source: Store, dest: Store, source_id: str, copy: RunRecord | None,
+                    keys: Sequence[str], examined: Callable[[int], object]) -> Iterator[MetricRow]:
+    """The source's points the copy lacks (all of them for a new copy, ``copy=None``)."""
+    held_keys = [] if copy is None else [key for key in keys if key in copy.metrics]
+    held_counts = metric_counts(dest, copy.info.run_id, held_keys) if held_keys else {}
+    wanted = metric_counts(source, source_id, held_keys) if held_keys else {}
     for key in keys:
-        held = set()
-        if key in copy.metrics:
-            held = {_identity(m.key, m.value, m.timestamp, m.step)
-                    for m in dest.get_metric_history(copy.info.run_id, key)}
-        for m in source.get_metric_history(source_id, key):
-            identity = _identity(m.key, m.value, m.timestamp, m.step)
-            if identity not in held:
-                held.add(identity)
-                yield m.key, m.value, m.timestamp, m.step
+        if key in held_counts and held_counts[key] == wanted[key]:  # copied (module doc)
+            examined(wanted[key])
+            continue
+        if not held_counts.get(key):
+            for page in history_pages(source, source_id, key):
+                examined(len(page))
+                yield from page
+            continue
+        # Compared in as many passes as keep the copy's points held at once within
+        # HELD_POINTS: pass i holds and sends only the points whose identity hashes to i.
+        passes = -(-held_counts[key] // HELD_POINTS)
+        for part in range(passes):
+            held = {identity for page in history_pages(dest, copy.info.run_id, key)
+                    for identity in map(_identity_of, page) if hash(identity) % passes == part}
+            for page in history_pages(source, source_id, key):
+                if part == passes - 1:
+                    examined(len(page))
+                for point in page:
+                    identity = _identity_of(point)
+                    if hash(identity) % passes == part and identity not in held:
+                        yield point

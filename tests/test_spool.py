@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -232,7 +233,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_sigkilled_process_leaves_its_data_for_autolog_sync(fault_server, spool_dir):
+def test_sigkilled_process_leaves_its_data_for_autolog_sync(fault_server, spool_dir, monkeypatch):
     fault_server.kill()
     interval = 0.2
     env = dict(os.environ, AUTOLOG_SPOOL_DIR=str(spool_dir), AUTOLOG_FLUSH_INTERVAL=str(interval),
@@ -255,6 +256,7 @@ def test_sigkilled_process_leaves_its_data_for_autolog_sync(fault_server, spool_
     assert list(spool_dir.glob("*.spool")), "the killed process left no spool"
 
     fault_server.start()
+    monkeypatch.setenv("AUTOLOG_TRACKING_URI", fault_server.uri)  # the server sync may send to
     result = sync()
     assert result.exit_code == 0, result.output
     remote = run_by_local_id(fault_server, run_id)
@@ -327,7 +329,7 @@ def test_a_refused_batch_is_kept_for_autolog_sync(scripted_server, spool_dir, ca
     store.close()
     assert "1 batch(es) the server refused" in capsys.readouterr().err
 
-    result = sync()  # tries again: the server takes it now
+    result = sync("--to", scripted_server.uri)  # tries again: the server takes it now
     assert result.exit_code == 0, result.output
     assert "sent 2 metric points" in result.output
     body = json.loads(scripted_server.seen[-1]["body"])
@@ -427,3 +429,85 @@ def test_credentials_never_reach_the_spool_or_the_messages(spool_dir, monkeypatc
     for secret in ("pw-from-env-123", "pw-in-uri-456"):
         assert secret not in shown
         assert secret.encode() not in spooled
+
+
+# -- the spool is a fallback, not a gate -----------------------------------------------------
+
+
+@pytest.fixture
+def unwritable_spool(tmp_path, monkeypatch):
+    """A spool folder that cannot be created, even by root: its parent is a regular file."""
+    (tmp_path / "afile").write_text("not a folder")
+    directory = tmp_path / "afile" / "spool"
+    monkeypatch.setenv("AUTOLOG_SPOOL_DIR", str(directory))
+    return directory
+
+
+def test_an_unwritable_spool_sends_straight_to_a_healthy_server(sqlite_server, unwritable_spool):
+    logged = 20_000
+    autolog.set_tracking_uri(sqlite_server.uri)
+    with recorded_warnings() as seen:
+        with autolog.start_run(run_name="no-spool") as run:
+            autolog.log_params({"lr": 0.1})
+            autolog.set_tag("phase", "direct")
+            for step in range(logged):
+                autolog.log_metric("m", float(step), step=step)
+        close_all()
+    spool_warnings = [w for w in messages(seen).splitlines() if "cannot be written" in w]
+    assert len(spool_warnings) == 1, messages(seen)
+    assert str(unwritable_spool) in spool_warnings[0]
+    assert f"goes straight to {sqlite_server.uri}" in spool_warnings[0]
+    assert "could not write" not in messages(seen)  # no write failed
+    remote = sqlite_server.client().get_run(run.id)
+    assert remote.info.status == "FINISHED"
+    assert remote.data.params == {"lr": "0.1"} and remote.data.tags["phase"] == "direct"
+    assert steps(sqlite_server, run.id, "m") == list(range(logged))
+    assert not unwritable_spool.exists()
+    assert len(sqlite_server.refused_log_batches()) == 0
+
+
+def test_an_unwritable_spool_and_a_dead_server_keep_the_data_in_memory(fault_server,
+                                                                        unwritable_spool):
+    logged = 5_000
+    fault_server.kill()
+    autolog.set_tracking_uri(fault_server.uri)
+    with recorded_warnings() as seen:
+        run = autolog.start_run(run_name="no-spool-no-server", experiment="spool/unwritable")
+        for step in range(logged):
+            autolog.log_metric("m", float(step), step=step)
+        assert not autolog.flush()  # nowhere to go yet: kept, not raised
+        fault_server.start()
+        deadline = time.monotonic() + 60
+        while not autolog.flush() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        run.end()
+        close_all()
+    shown = messages(seen)
+    assert "kept in memory (the spool cannot be written)" in shown
+    assert f"run {run.id} started offline" in shown
+    assert run.id.startswith("offline-")
+    remote = run_by_local_id(fault_server, run.id)
+    assert remote.info.status == "FINISHED" and remote.info.run_name == "no-spool-no-server"
+    assert steps(fault_server, remote.info.run_id, "m") == list(range(logged))
+    assert fault_server.refused_log_batches() == []
+
+
+def test_an_unwritable_spool_and_a_dead_server_at_exit_count_what_is_lost(
+        unused_uri, unwritable_spool):
+    script = textwrap.dedent("""
+        import sys, autolog
+        autolog.set_tracking_uri(sys.argv[1])
+        run = autolog.start_run(run_name="exit")  # left open: ended at exit
+        for step in range(1000):
+            autolog.log_metric("m", float(step), step=step)
+        print(run.id)
+    """)
+    env = dict(os.environ, AUTOLOG_SPOOL_DIR=str(unwritable_spool), AUTOLOG_EXIT_TIMEOUT="2",
+               PYTHONWARNINGS="ignore")
+    done = subprocess.run([sys.executable, "-c", script, unused_uri], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr  # start_run raised nothing
+    assert done.stdout.strip().startswith("offline-")
+    assert "Traceback" not in done.stderr
+    lost = [line for line in done.stderr.splitlines() if "lost" in line]
+    assert len(lost) == 1 and re.search(r"\b1,?000 metric points\b", lost[0]), done.stderr

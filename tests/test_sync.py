@@ -177,13 +177,47 @@ def test_copy_shows_progress_and_embedded_to_embedded_works(store_uri, tmp_path,
     other = f"sqlite:///{tmp_path / 'other.db'}"
     report = copy_between(store_uri, other, progress=True)
     assert report.runs_created == 3
-    assert "copying runs" in capsys.readouterr().err
+    assert "copying: 100%" in capsys.readouterr().err
     copied = open_store(other)
     exp = copied.get_experiment_by_name(experiment)
     parent = next(r for r in copied.search_runs([exp.experiment_id])
                   if r.tags[SOURCE_RUN_TAG] == runs["parent"].id)
     assert len(copied.get_metric_history(parent.run_id, "loss")) == 1200
     assert copy_between(store_uri, other).runs_unchanged == 3
+
+
+def test_a_large_copy_streams_and_a_second_sends_nothing(store_uri, tmp_path):
+    logged = 200_000
+    experiment = unique("large")
+    with autolog.start_run(experiment=experiment) as run:
+        for step in range(logged):
+            autolog.log_metric("loss", step / 3, step=step)
+        for step in range(1000):
+            autolog.log_metric("acc", step / 1000, step=step)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    first = sync("--from", store_uri, "--to", other)
+    assert first.exit_code == 0, first.output
+    assert f"1 created, 0 updated, 0 already up to date; copied {logged + 1000:,} metric points" \
+        in first.output
+    assert first.output.count("\n") == 1  # off a terminal: one summary line, no bar
+    copied = open_store(other)
+    (copy,) = copied.search_runs([copied.get_experiment_by_name(experiment).experiment_id])
+    assert copied.metric_counts(copy.run_id) == {"loss": logged, "acc": 1000}
+    history = copied.get_metric_history(copy.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(step, step / 3) for step in range(logged)]
+
+    again = sync("--from", store_uri, "--to", other)
+    assert again.exit_code == 0, again.output
+    assert "0 created, 0 updated, 1 already up to date; copied 0 metric points" in again.output
+    assert copied.metric_counts(copy.run_id) == {"loss": logged, "acc": 1000}
+
+    # a key that gained points is compared point by point; the other is not re-sent
+    with autolog.start_run(run_id=run.id):
+        for step in range(logged, logged + 5):
+            autolog.log_metric("loss", step / 3, step=step)
+    more = sync("--from", store_uri, "--to", other)
+    assert "1 updated" in more.output and "copied 5 metric points" in more.output
+    assert copied.metric_counts(copy.run_id) == {"loss": logged + 5, "acc": 1000}
 
 
 def test_a_nested_run_that_starts_before_its_parent_links_to_the_parents_copy(store_uri, tmp_path):
@@ -232,3 +266,25 @@ def test_sync_usage_errors(store_uri):
     missing = sync("--from", store_uri, "--to", "sqlite:///elsewhere.db", "-e", "no-such")
     assert missing.exit_code == 1 and "no experiment named 'no-such'" in missing.output
     assert "nothing to send" in sync().output
+
+
+def test_a_key_larger_than_the_held_bound_is_compared_in_passes(store_uri, tmp_path, monkeypatch):
+    from autolog import sync as sync_module
+
+    monkeypatch.setattr(sync_module, "HELD_POINTS", 1000)  # 5 passes over 5,000 points
+    source = open_store(store_uri)
+    experiment = source.get_or_create_experiment(unique("passes"))
+    run = source.create_run(experiment.experiment_id, "r", 1, {})
+    source.log_batch(run.run_id, metrics=[("m", step / 3, 10 + step, step) for step in range(5000)]
+                     + [("m", math.nan, 1, 0), ("m", math.inf, 2, 0)])
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert copy_between(store_uri, other).points == 5002
+    # new points between the old ones (the same steps, later timestamps), and an old one again
+    late = [("m", step / 5, 100_000 + step, step) for step in range(0, 5000, 500)]
+    source.log_batch(run.run_id, metrics=[*late, ("m", 0.0, 10, 0)])
+    report = copy_between(store_uri, other)
+    assert (report.runs_updated, report.points) == (1, len(late))
+    copied = open_store(other)
+    (copy,) = copied.search_runs([copied.get_experiment_by_name(experiment.name).experiment_id])
+    assert copied.metric_counts(copy.run_id) == {"m": 5002 + len(late)}
+    assert copy_between(store_uri, other).points == 0  # counts differ (a duplicate): nothing sent

@@ -25,7 +25,19 @@ Files: ``$AUTOLOG_SPOOL_DIR`` (default ``~/.autolog/spool``) holds one ``<pid>-<
 per process (a forked child gets its own), with a ``.lock`` file its owner holds
 (``flock``) while it lives; ``autolog sync`` sends the files no live process holds.
 Credentials are never written: ``autolog sync`` takes them from the environment, as the
-run did.
+run did, and so sends a spool only to the configured tracking server or the one named
+with ``--to`` (a spool is data anyone who can write the folder may have planted).
+
+Damage: every stored batch carries a CRC-32 of its kind, point count and body (format 2;
+format 1 spools, written by autolog 0.1, have none and are still read). A batch whose
+checksum fails or whose body SQLite cannot read is never sent: it is set aside (left in
+the file, which is then kept) and reported. A batch that cannot be decoded or encoded
+(a lone surrogate in a key) is marked unsendable, like one the server refused.
+
+Fallback: the spool is where data waits, not a gate. When it cannot be created or
+written (a read-only or full disk), :class:`SpoolStore` sends each batch straight to the
+server, and while the server does not answer either it raises, so the writer keeps the
+data in memory and tries again; one warning names the spool problem.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ import secrets
 import shlex
 import socket
 import sqlite3
+import stat
 import struct
 import sys
 import threading
@@ -45,12 +58,13 @@ import time
 import uuid
 import warnings
 import weakref
+import zlib
 from array import array
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from autolog.config import AutologWarning, env_float
 from autolog.stores.base import (
@@ -77,7 +91,8 @@ SPOOL_DIR_ENV = "AUTOLOG_SPOOL_DIR"
 OFFLINE_RUN_PREFIX = "offline-"
 OFFLINE_EXPERIMENT_PREFIX = "offline:"
 LOCAL_RUN_ID_TAG = "autolog.local_run_id"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: batches carry a checksum
+READABLE_VERSIONS = (1, 2)
 SUFFIX = ".spool"
 APPLICATION_ID = 0x616C6F67  # "alog": a spool file, not any SQLite file left in the directory
 BACKOFF_FIRST_S = 0.5
@@ -101,14 +116,17 @@ CREATE TABLE runs (
     tags TEXT,
     error TEXT
 );
--- one row per request; a metrics body is pack_rows() of its rows, others are JSON
+-- one row per request; a metrics body is pack_rows() of its rows, others are JSON;
+-- crc is checksum(kind, points, body). The body comes last: the other columns are read
+-- without walking its overflow pages, so a damaged body does not hide its row.
 CREATE TABLE batches (
     seq INTEGER PRIMARY KEY,
     run_key TEXT NOT NULL REFERENCES runs(run_key),
     kind TEXT NOT NULL CHECK (kind IN ('params', 'tags', 'metrics', 'status')),
     points INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    error TEXT
+    crc INTEGER NOT NULL,
+    error TEXT,
+    body BLOB NOT NULL
 );
 CREATE INDEX batches_by_run ON batches(run_key);
 """
@@ -174,10 +192,28 @@ def pack_rows(rows: Sequence[MetricRow]) -> bytes:
                      _column("q", map(_TIMESTAMP, rows)), _column("q", map(_STEP, rows))])
 
 
+def checksum(kind: str, points: int, body: bytes) -> int:
+    """The CRC-32 a stored batch carries (format 2)."""
+    return zlib.crc32(body, zlib.crc32(f"{kind}:{points}:".encode()))
+
+
+UNSENDABLE_MARK = "unsendable: "  # how the error of a batch that cannot be sent begins
+# What decoding a stored body or encoding it for the server raises when the body cannot
+# be sent (damaged in a format-1 spool, or text JSON cannot carry): set aside, not retried.
+UNSENDABLE = (ValueError, UnicodeError, struct.error, KeyError, IndexError, TypeError,
+              OverflowError)
+
+
 def unpack_rows(body: bytes) -> list[MetricRow]:
+    """The rows of a :func:`pack_rows` body; raises one of :data:`UNSENDABLE` on a body
+    that is not one (sizes beyond the body, keys that are not a JSON list of text)."""
     header_size, count = struct.unpack_from("<II", body)
     offset = 8 + header_size
+    if offset + 28 * count != len(body):
+        raise ValueError(f"a metrics body of {len(body)} bytes cannot hold {count} rows")
     names = json.loads(body[8:offset])
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError("the keys of a metrics body are not a list of text")
     columns = []
     for code, size in _COLUMNS:
         column = array(code)
@@ -238,17 +274,24 @@ class Batch:
 @dataclass(frozen=True)
 class Backlog:
     """What a spool still holds. ``batches``/``points``/``runs`` are sendable; ``waiting``
-    counts runs not yet created on the server; ``failed`` batches the server refused."""
+    counts runs not yet created on the server; ``failed`` batches the server refused;
+    ``unsendable`` batches that cannot be decoded or encoded for the server; ``damaged``
+    batches (of ``damaged_points`` metric points) whose checksum failed or whose body
+    could not be read, set aside."""
 
     batches: int = 0
     points: int = 0
     runs: int = 0
     waiting: int = 0
     failed: int = 0
+    unsendable: int = 0
+    damaged: int = 0
+    damaged_points: int = 0
 
     @property
     def empty(self) -> bool:
-        return not (self.batches or self.waiting or self.failed)
+        return not (self.batches or self.waiting or self.failed or self.unsendable
+                    or self.damaged)
 
     def describe(self) -> str:
         parts = []
@@ -259,13 +302,19 @@ class Backlog:
             parts.append(f"{self.waiting} run(s) not yet created on the server")
         if self.failed:
             parts.append(f"{self.failed} batch(es) the server refused (see the warnings)")
+        if self.unsendable:
+            parts.append(f"{self.unsendable} batch(es) that cannot be sent (undecodable, or "
+                         "text JSON cannot carry)")
+        if self.damaged:
+            parts.append(f"{self.damaged} damaged batch(es) of {self.damaged_points:,} metric "
+                         "points, set aside (checksum failed or unreadable), not sent")
         return "; ".join(parts)
 
 
 def _lock_file(path: Path) -> int | None:
     """An fd holding an exclusive ``flock`` on ``path`` (created if missing), or None when
     another process holds it. The kernel releases it when the holder dies, even by SIGKILL."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -277,11 +326,15 @@ def _lock_file(path: Path) -> int | None:
 class SpoolFile:
     """One spool: the SQLite file, its lock, and every query on them (thread-safe)."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, lock_fd: int):
+    def __init__(self, path: Path, conn: sqlite3.Connection, lock_fd: int,
+                 version: int = SCHEMA_VERSION):
         self.path = path
         self._conn = conn
         self._lock_fd = lock_fd
         self._mutex = threading.Lock()
+        self.version = version
+        self._crc = "b.crc" if version >= 2 else "NULL"  # format 1 has no checksums
+        self.damaged: dict[int, int] = {}  # seq -> metric points of batches set aside
         self.uri = self._one("SELECT value FROM meta WHERE key = 'uri'")
 
     @classmethod
@@ -292,17 +345,27 @@ class SpoolFile:
         if lock_fd is None:  # a fresh random name: cannot be held
             raise StoreError(f"could not lock a new spool file in {directory}")
         path = directory / f"{stem}{SUFFIX}"
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        conn = _durable(_open(str(path)))
-        conn.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
-        meta = {"uri": uri, "pid": os.getpid(), "host": socket.gethostname(),
-                "created": int(time.time() * 1000)}
-        _transaction(conn, [
-            *(("INSERT INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
-              for key, value in meta.items()),
-            (f"PRAGMA user_version = {SCHEMA_VERSION}", ()),
-            (f"PRAGMA application_id = {APPLICATION_ID}", ()),  # last: now it is a spool
-        ])
+        conn = None
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            conn = _durable(_open(str(path)))
+            conn.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
+            meta = {"uri": uri, "pid": os.getpid(), "host": socket.gethostname(),
+                    "created": int(time.time() * 1000)}
+            _transaction(conn, [
+                *(("INSERT INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
+                  for key, value in meta.items()),
+                (f"PRAGMA user_version = {SCHEMA_VERSION}", ()),
+                (f"PRAGMA application_id = {APPLICATION_ID}", ()),  # last: now it is a spool
+            ])
+        except BaseException:  # a full disk, say: leave no half-made spool behind
+            if conn is not None:
+                conn.close()
+            for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm"),
+                             directory / f"{stem}.lock"):
+                leftover.unlink(missing_ok=True)
+            os.close(lock_fd)
+            raise
         return cls(path, conn, lock_fd)
 
     @classmethod
@@ -320,10 +383,11 @@ class SpoolFile:
             conn = _open(f"file:{quote(str(path))}?mode=rw", uri=True)
             application, version = (conn.execute(f"PRAGMA {pragma}").fetchone()[0]
                                     for pragma in ("application_id", "user_version"))
-            if (application, version) != (APPLICATION_ID, SCHEMA_VERSION):
+            if application != APPLICATION_ID or version not in READABLE_VERSIONS:
                 conn.close()
-                raise StoreError(f"{path} is not an autolog spool of format {SCHEMA_VERSION}")
-            return cls(path, _durable(conn), lock_fd)
+                raise StoreError(f"{path} is not an autolog spool of format "
+                                 f"{' or '.join(map(str, READABLE_VERSIONS))}")
+            return cls(path, _durable(conn), lock_fd, version)
         except BaseException:
             os.close(lock_fd)
             raise
@@ -371,8 +435,9 @@ class SpoolFile:
             statements.append(("INSERT OR IGNORE INTO runs (run_key, server_id) VALUES (?, ?)",
                                (run_key, server_id)))
         statements.extend(
-            ("INSERT INTO batches (run_key, kind, points, body) VALUES (?, ?, ?, ?)",
-             (run_key, kind, points, body)) for kind, points, body in entries)
+            ("INSERT INTO batches (run_key, kind, points, crc, body) VALUES (?, ?, ?, ?, ?)",
+             (run_key, kind, points, checksum(kind, points, body), body))
+            for kind, points, body in entries)
         self._write(statements)
 
     def set_server_id(self, run_key: str, server_id: str) -> None:
@@ -380,6 +445,11 @@ class SpoolFile:
 
     def delete(self, seq: int) -> None:
         self._write([("DELETE FROM batches WHERE seq = ?", (seq,))])
+
+    def set_aside(self, seq: int, points: int) -> None:
+        """A damaged batch: never sent, left in the file (which is then kept). Only this
+        object knows: the row itself may be unreadable, so it is not written to."""
+        self.damaged[seq] = points
 
     def mark_failed(self, seq: int, error: str) -> None:
         self._write([("UPDATE batches SET error = ? WHERE seq = ?", (error, seq))])
@@ -396,8 +466,9 @@ class SpoolFile:
 
     def retry_failed(self) -> None:
         """Make refused batches and runs sendable again (``autolog sync`` retries them)."""
-        self._write([("UPDATE batches SET error = NULL", ()),
-                     ("UPDATE runs SET error = NULL", ())])
+        # Only the rows marked: rewriting a row reads its body, and a damaged one fails.
+        self._write([("UPDATE batches SET error = NULL WHERE error IS NOT NULL", ()),
+                     ("UPDATE runs SET error = NULL WHERE error IS NOT NULL", ())])
 
     # -- reads --------------------------------------------------------------------------
 
@@ -409,15 +480,47 @@ class SpoolFile:
         return [OfflineRun(key, exp_id, exp_name, name, start, json.loads(tags))
                 for key, exp_id, exp_name, name, start, tags in rows]
 
+    def _intact(self) -> tuple[str, list]:
+        """The condition (and its argument) that leaves out the batches set aside."""
+        return "b.seq NOT IN (SELECT value FROM json_each(?))", [json.dumps(list(self.damaged))]
+
     def next_batches(self, limit: int) -> list[Batch]:
-        """The oldest sendable batches: not refused, of runs the server has."""
-        with self._mutex:
-            rows = self._conn.execute(
-                "SELECT b.seq, b.run_key, r.server_id, b.kind, b.points, b.body "
-                "FROM batches b JOIN runs r ON r.run_key = b.run_key "
-                "WHERE b.error IS NULL AND r.server_id IS NOT NULL ORDER BY b.seq LIMIT ?",
-                (limit,)).fetchall()
-        return [Batch(*row) for row in rows]
+        """The oldest sendable batches: not refused, not damaged, of runs the server has.
+
+        Each body is read on its own and checked against its checksum; a batch whose body
+        SQLite reports corrupt, or whose checksum fails, is set aside (:meth:`set_aside`).
+        """
+        batches: list[Batch] = []
+        while not batches:
+            intact, args = self._intact()
+            with self._mutex:
+                rows = self._conn.execute(
+                    f"SELECT b.seq, b.run_key, r.server_id, b.kind, b.points, {self._crc} "
+                    "FROM batches b JOIN runs r ON r.run_key = b.run_key "
+                    f"WHERE b.error IS NULL AND r.server_id IS NOT NULL AND {intact} "
+                    "ORDER BY b.seq LIMIT ?", (*args, limit)).fetchall()
+                if not rows:
+                    break
+                for seq, run_key, server_id, kind, points, crc in rows:
+                    body = self._body(seq)
+                    if body is None or (crc is not None and checksum(kind, points, body) != crc):
+                        self.set_aside(seq, points if kind == "metrics" else 0)
+                    else:
+                        batches.append(Batch(seq, run_key, server_id, kind, points, body))
+        return batches
+
+    def _body(self, seq: int) -> bytes | None:
+        """A batch's body, or None when SQLite finds its pages corrupt."""
+        try:
+            row = self._conn.execute("SELECT body FROM batches WHERE seq = ?", (seq,)).fetchone()
+        except sqlite3.OperationalError:  # I/O, locking: not this row's damage
+            raise
+        except sqlite3.DatabaseError:
+            return None
+        return bytes(row[0]) if row is not None and isinstance(row[0], bytes) else None
+
+    def holds(self, seq: int) -> bool:
+        return self._one("SELECT 1 FROM batches WHERE seq = ?", (seq,)) is not None
 
     def has_run(self, run_key: str) -> bool:
         return self._one("SELECT 1 FROM runs WHERE run_key = ?", (run_key,)) is not None
@@ -429,26 +532,31 @@ class SpoolFile:
         """Batches and run creations still to send (for one run, or all)."""
         only = "" if run_key is None else " AND b.run_key = ?"
         args = () if run_key is None else (run_key,)
+        intact, skip = self._intact()
         batches = self._one(
             "SELECT count(*) FROM batches b JOIN runs r ON r.run_key = b.run_key "
-            f"WHERE b.error IS NULL AND r.error IS NULL{only}", args)
+            f"WHERE b.error IS NULL AND r.error IS NULL AND {intact}{only}", (*skip, *args))
         creations = self._one(
             "SELECT count(*) FROM runs WHERE server_id IS NULL AND error IS NULL"
             + ("" if run_key is None else " AND run_key = ?"), args)
         return batches + creations
 
     def backlog(self) -> Backlog:
+        intact, skip = self._intact()
         with self._mutex:
             batches, points, runs = self._conn.execute(
                 "SELECT count(*), coalesce(sum(CASE WHEN b.kind = 'metrics' THEN b.points END), 0),"
                 " count(DISTINCT b.run_key) FROM batches b JOIN runs r ON r.run_key = b.run_key "
-                "WHERE b.error IS NULL AND r.error IS NULL").fetchone()
+                f"WHERE b.error IS NULL AND r.error IS NULL AND {intact}", skip).fetchone()
             waiting = self._conn.execute(
                 "SELECT count(*) FROM runs WHERE server_id IS NULL").fetchone()[0]
-            failed = self._conn.execute(
-                "SELECT count(*) FROM batches b JOIN runs r ON r.run_key = b.run_key "
-                "WHERE b.error IS NOT NULL OR r.error IS NOT NULL").fetchone()[0]
-        return Backlog(batches, points, runs, waiting, failed)
+            failed, unsendable = self._conn.execute(
+                f"SELECT count(*) FILTER (WHERE b.error NOT LIKE '{UNSENDABLE_MARK}%' "
+                f"OR b.error IS NULL), count(*) FILTER (WHERE b.error LIKE '{UNSENDABLE_MARK}%') "
+                "FROM batches b JOIN runs r ON r.run_key = b.run_key "
+                "WHERE b.error IS NOT NULL OR r.error IS NOT NULL").fetchone()
+        return Backlog(batches, points, runs, waiting, failed, unsendable, len(self.damaged),
+                       sum(self.damaged.values()))
 
 
 def _transaction(conn: sqlite3.Connection, statements: Iterable[tuple[str, Sequence]]) -> None:
@@ -474,6 +582,18 @@ def _durable(conn: sqlite3.Connection) -> sqlite3.Connection:
     return conn
 
 
+def create_offline_run(client: MlflowRestClient, run: OfflineRun) -> RunInfo:
+    """Create a run started offline on the server, tagged with its local id; found first,
+    so that a creation whose answer was lost does not make a second run."""
+    experiment_id = run.experiment_id or client.get_or_create_experiment(
+        run.experiment_name).experiment_id
+    info = client.find_run_by_tag([experiment_id], LOCAL_RUN_ID_TAG, run.run_key)
+    if info is None:
+        info = client.create_run(experiment_id, run.run_name, run.start_time,
+                                 {**run.tags, LOCAL_RUN_ID_TAG: run.run_key})
+    return info
+
+
 class Sender:
     """Ships one spool to its server, oldest batch first; no thread of its own.
 
@@ -486,38 +606,48 @@ class Sender:
     """
 
     def __init__(self, spool: SpoolFile, client: MlflowRestClient,
-                 notify: Callable[[str], None] = _warn):
+                 notify: Callable[[str], None] = _warn, drop_missing_runs: bool = True):
         self.spool = spool
         self.client = client
         self.notify = notify
+        # False when sending to another server than the spool's (``autolog sync --to``):
+        # a run it does not know was never there, and its data must not be dropped.
+        self.drop_missing_runs = drop_missing_runs
 
     def send_available(self, stop: Callable[[], bool] = lambda: False,
                        progress: Callable[[Batch], None] | None = None) -> None:
         self._create_runs()
         while not stop():
+            damaged = len(self.spool.damaged)
             batches = self.spool.next_batches(ROWS_PER_FETCH)
+            if len(self.spool.damaged) > damaged:
+                left = self.spool.backlog()
+                self.notify(f"{left.damaged} damaged batch(es) of {left.damaged_points:,} metric "
+                            f"points in {self.spool.path} (checksum failed or unreadable) are "
+                            "set aside, not sent; the file is kept")
             if not batches:
                 return
             for batch in batches:
                 if stop():
                     return
-                handled = self._send(batch)
-                if progress is not None:
-                    progress(batch)
+                try:
+                    handled = self._send(batch)
+                except UNSENDABLE as exc:  # decoding or encoding it fails: so would a retry
+                    self.spool.mark_failed(batch.seq, f"{UNSENDABLE_MARK}{type(exc).__name__}: {exc}")
+                    self.notify(f"a {batch.kind} batch of run {batch.server_id} in "
+                                f"{self.spool.path} cannot be sent ({type(exc).__name__}: "
+                                f"{exc}); it is set aside in the file")
+                    handled = True
+                if progress is not None and not self.spool.holds(batch.seq):
+                    progress(batch)  # delivered (a refused batch stays, marked)
                 if not handled:  # the spool changed beyond this batch: fetch again
                     break
 
     def _create_runs(self) -> None:
         for run in self.spool.runs_to_create():
             try:
-                experiment_id = run.experiment_id or self.client.get_or_create_experiment(
-                    run.experiment_name).experiment_id
-                # Find it first: a creation whose answer was lost must not make a second run.
-                info = self.client.find_run_by_tag([experiment_id], LOCAL_RUN_ID_TAG, run.run_key)
-                if info is None:
-                    info = self.client.create_run(experiment_id, run.run_name, run.start_time,
-                                                  {**run.tags, LOCAL_RUN_ID_TAG: run.run_key})
-            except StoreError as exc:
+                info = create_offline_run(self.client, run)
+            except (StoreError, *UNSENDABLE) as exc:
                 if _retry_later(exc):
                     raise
                 self.spool.mark_run_failed(run.run_key, str(exc))
@@ -543,6 +673,11 @@ class Sender:
             self.spool.delete(batch.seq)
             self.notify(f"param dropped: {exc}")
         except RunNotFoundError as exc:
+            if not self.drop_missing_runs:
+                self.spool.mark_failed(batch.seq, str(exc))
+                self.notify(f"run {batch.server_id} is not on {self.client.uri}; the batch is "
+                            f"kept in {self.spool.path}: {exc}")
+                return True
             points = self.spool.drop_run(batch.run_key)
             self.notify(f"run {batch.server_id} no longer exists on {self.client.uri}; its "
                         f"{points} spooled metric points were dropped: {exc}")
@@ -566,7 +701,8 @@ class SpoolStore:
     sends. ``create_run`` and ``get_or_create_experiment`` try the server once, without
     retries, and fall back to local ids when it does not answer. Reads (``get_run``,
     ``get_metric_history``, ``search_runs``) first wait a bounded time for what is spooled
-    for them to arrive, so a process reads what it wrote.
+    for them to arrive, so a process reads what it wrote. When the spool cannot be created
+    or written, writes go straight to the server (see the module doc).
     """
 
     def __init__(self, uri: str, spool_dir: Path | str | None = None):
@@ -578,6 +714,7 @@ class SpoolStore:
         self._offline: dict[str, OfflineRun] = {}
         self._resolved: dict[str, str] = {}  # offline ids of other processes -> server ids
         self._experiment_names: dict[str, str] = {}
+        self._spool_problem: str | None = None  # why the spool cannot be written, once warned
         self._inherited: SpoolFile | None = None  # a forked child keeps the parent's, unused
         self._reset_process_state()
         _stores.add(self)
@@ -620,6 +757,23 @@ class SpoolStore:
                     self._spool = SpoolFile.create(self.spool_dir, self.uri)
         self._start_sender()
         return self._spool
+
+    def _writable_file(self) -> SpoolFile | None:
+        """This process's spool, or None when it cannot be created (warned once)."""
+        try:
+            return self._file()
+        except (OSError, sqlite3.Error, StoreError) as exc:
+            self._spool_failed(exc)
+            return None
+
+    def _spool_failed(self, exc: BaseException) -> None:
+        if self._spool_problem is None:
+            self._spool_problem = f"{type(exc).__name__}: {exc}"
+            where = self._spool.path if self._spool is not None else self.spool_dir
+            _warn_from_thread(
+                f"the spool {where} cannot be written ({self._spool_problem}); data goes "
+                f"straight to {self.uri} while it answers, and is kept in memory and retried "
+                "while it does not")
 
     def _start_sender(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -722,6 +876,8 @@ class SpoolStore:
         server does not have it yet."""
         if not run_id.startswith(OFFLINE_RUN_PREFIX):
             return run_id
+        if run_id in self._resolved:
+            return self._resolved[run_id]
         if self._spool is not None and self._spool.has_run(run_id):
             return self._spool.server_id(run_id)
         # Started by another process: the server's run carries the local id as a tag.
@@ -738,6 +894,8 @@ class SpoolStore:
         server id (which is the id itself for any run not started offline)."""
         if not run_id.startswith(OFFLINE_RUN_PREFIX):
             return run_id, run_id
+        if run_id in self._resolved:  # on the server already (created without the spool)
+            return self._resolved[run_id], self._resolved[run_id]
         if spool.has_run(run_id):
             return run_id, None
         if run_id in self._offline:  # a forked child's own spool
@@ -800,14 +958,24 @@ class SpoolStore:
             known_id, name = experiment_id, self._experiment_names.get(experiment_id)
         run = OfflineRun(OFFLINE_RUN_PREFIX + uuid.uuid4().hex, known_id, name, run_name,
                          start_time, dict(tags))
-        spool = self._file()
-        spool.add_offline_run(run)
         self._offline[run.run_key] = run
+        spool = self._writable_file()
+        if spool is not None:
+            try:
+                spool.add_offline_run(run)
+            except sqlite3.Error as exc:
+                self._spool_failed(exc)
+                spool = None
         self._warned_outage = True
         self._wake.set()
+        if spool is not None:
+            where = (f"the spool {spool.path} and sent when the server answers (or with "
+                     f"`{sync_command(self.spool_dir)}`)")
+        else:
+            where = ("memory (the spool cannot be written) and sent when the server answers, "
+                     "if this process is still running then")
         _warn(f"{self.uri} does not answer ({self._outage}); run {run.run_key} started "
-              f"offline: it and its data are kept in the spool {spool.path} and sent when the "
-              f"server answers (or with `{sync_command(self.spool_dir)}`)")
+              f"offline: it and its data are kept in {where}")
         return RunInfo(run.run_key, experiment_id, run_name, RUNNING, start_time)
 
     def update_run(self, run_id: str, status: str, end_time: int | None) -> None:
@@ -826,10 +994,57 @@ class SpoolStore:
             self._append(run_id, entries)
 
     def _append(self, run_id: str, entries: list[tuple[str, int, bytes]]) -> None:
-        spool = self._file()
-        run_key, server_id = self._run_key(spool, run_id)
-        spool.append(run_key, entries, server_id)
-        self._wake.set()
+        """Spool the entries; when the spool cannot be written, send them now (raising,
+        so that the writer keeps them and retries, when the server does not answer)."""
+        spool = self._writable_file()
+        if spool is not None:
+            run_key, server_id = self._run_key(spool, run_id)
+            try:
+                spool.append(run_key, entries, server_id)
+            except sqlite3.Error as exc:  # a full disk, an I/O error: nothing was committed
+                self._spool_failed(exc)
+            else:
+                self._wake.set()
+                return
+        self._deliver_now(run_id, entries)
+
+    def _deliver_now(self, run_id: str, entries: list[tuple[str, int, bytes]]) -> None:
+        """Send spool entries straight to the server, in order (the spool's fallback)."""
+        server_id = self._direct_server_id(run_id)
+        for kind, _, body in entries:
+            if kind == "metrics":
+                for _, request in metric_bodies(unpack_rows(body)):
+                    self.client.post_batch(server_id, request)
+            elif kind == "tags":
+                self.client.post_batch(server_id, body)
+            elif kind == "params":
+                self.client.log_params(server_id, json.loads(body))
+            else:
+                status = json.loads(body)
+                self.client.update_run(server_id, status["status"], status["end_time"])
+
+    def _direct_server_id(self, run_id: str) -> str:
+        """The server's id for a run whose data cannot be spooled; a run started offline
+        is created on the server here (raising while the server does not answer)."""
+        if not run_id.startswith(OFFLINE_RUN_PREFIX):
+            return run_id
+        server_id = self._resolved.get(run_id)
+        if server_id is not None:
+            return server_id
+        if self._spool is not None and self._spool.has_run(run_id):
+            server_id = self._spool.server_id(run_id)
+            if server_id is None:  # the sender creates it from the spool: not twice
+                self._wake.set()
+                raise StoreError(f"run {run_id} is not created on {self.uri} yet")
+        elif run_id in self._offline:
+            server_id = create_offline_run(self.client, self._offline[run_id]).run_id
+        else:
+            server_id = self.server_run_id(run_id)
+            if server_id is None:
+                raise RunNotFoundError(f"run {run_id} is not on {self.uri} yet, nor in this "
+                                       "process's spool")
+        self._resolved[run_id] = server_id
+        return server_id
 
     # -- the Store protocol: reads --------------------------------------------------------
 
@@ -860,57 +1075,121 @@ class SpoolOutcome:
     """What ``autolog sync`` did with one spool file."""
 
     path: Path
-    uri: str | None
+    uri: str | None  # the server it names (None when it could not be read)
+    sent_to: str | None = None  # where it was sent (``--to``, else ``uri``)
     sent_batches: int = 0
     sent_points: int = 0
     left: Backlog = Backlog()
-    problem: str | None = None  # why it stopped early, or why it was skipped
+    problem: str | None = None  # why it stopped early, or why it was not sent
+    held: bool = False  # a live process holds it and sends it itself
+    notes: list[str] = field(default_factory=list)  # what the sender reported on the way
+
+    @property
+    def complete(self) -> bool:
+        """Nothing is left in it for anyone to send (a held file is its owner's)."""
+        return self.held or (self.problem is None and self.left.empty)
 
 
 def spool_files(directory: Path) -> list[Path]:
     return sorted(directory.glob(f"*{SUFFIX}")) if directory.is_dir() else []
 
 
-def send_spool_file(path: Path, progress_factory=None) -> SpoolOutcome:
-    """Send one spool file no live process holds; remove it once empty.
+def origin(uri: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port of an http(s) URI: where credentials may go."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # not a port: matches nothing
+        port = -1
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
 
-    Batches refused earlier are retried. ``progress_factory(total)`` may return an object
-    with ``update(n)`` and ``close()`` (a tqdm bar) that counts batches.
+
+def _takes_credentials(uri: str) -> bool:
+    """A spool for the embedded store sends nothing over the network: no check needed."""
+    return not uri.startswith("sqlite:///")
+
+
+def _not_yours(path: Path) -> str | None:
+    """Why ``path`` must not be opened: another user's file (planted in a shared folder,
+    its URI would get this user's credentials) or not a regular file."""
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a link, say); not opened"
+    if info.st_uid != os.getuid():
+        return f"owned by uid {info.st_uid}, not by you (uid {os.getuid()}); not opened"
+    return None
+
+
+def send_spool_file(path: Path, progress_factory=None, *, to: str | None = None,
+                    configured: str | None = None,
+                    command: Callable[[str], str] | None = None) -> SpoolOutcome:
+    """Send one spool file no live process holds; remove it once empty. Never raises for
+    a damaged or foreign file: the outcome says what happened.
+
+    The spool goes to ``to`` if given, else to the server it names, but only when that
+    server has the origin (scheme, host, port) of ``configured``, the tracking URI the
+    user set: the environment's credentials go nowhere else (a spool for an embedded
+    store, which takes no credentials, goes to its store). ``command(uri)`` is the
+    command that sends it to ``uri`` (for the message when it is not sent). Batches
+    refused earlier are retried. ``progress_factory(total)`` may return an object with
+    ``update(n)`` and ``close()`` (a tqdm bar) that counts metric points.
     """
     try:
+        refusal = _not_yours(path)
+        if refusal is not None:
+            return SpoolOutcome(path, None, problem=refusal)
         spool = SpoolFile.claim(path)
-    except (StoreError, sqlite3.Error) as exc:
-        return SpoolOutcome(path, None, problem=f"unreadable: {exc}")
+    except (sqlite3.OperationalError, OSError) as exc:  # a full disk, a read-only folder
+        return SpoolOutcome(path, None, problem=f"could not open ({type(exc).__name__}: {exc})")
+    except (StoreError, sqlite3.Error) as exc:  # not a database, not a spool
+        return SpoolOutcome(path, None, problem=f"unreadable ({type(exc).__name__}: {exc})")
     if spool is None:
-        return SpoolOutcome(path, None, problem="in use by a running process, whose own "
-                                                 "sender is sending it")
+        return SpoolOutcome(path, None, held=True, problem="in use by a running process, "
+                                                           "whose own sender is sending it")
     outcome = SpoolOutcome(path, spool.uri)
-    client = destination(spool.uri)
-    bar = None
+    client = bar = None
     try:
+        if to is None and _takes_credentials(spool.uri) and (
+                configured is None or origin(spool.uri) != origin(configured)):
+            outcome.problem = (
+                f"not sent: it names {spool.uri}, not the configured tracking server "
+                f"({configured or 'none set'}), and credentials go only there; if you trust "
+                f"{spool.uri}, send it with: "
+                f"{command(spool.uri) if command else f'autolog sync --to {spool.uri}'}")
+            return outcome
+        outcome.sent_to = to or spool.uri
+        client = destination(outcome.sent_to)
         spool.retry_failed()
         if progress_factory is not None:
-            bar = progress_factory(spool.sendable())
+            bar = progress_factory(spool.backlog().points)
 
         def sent(batch: Batch) -> None:
             outcome.sent_batches += 1
             if batch.kind == "metrics":
                 outcome.sent_points += batch.points
-            if bar is not None:
-                bar.update(1)
+                if bar is not None:
+                    bar.update(batch.points)
 
-        try:
-            Sender(spool, client).send_available(progress=sent)
-        except StoreError as exc:
-            if not _retry_later(exc):
-                raise
-            outcome.problem = f"{spool.uri} does not take data now: {exc}"
+        elsewhere = to is not None and origin(to) != origin(spool.uri)
+        Sender(spool, client, outcome.notes.append,
+               drop_missing_runs=not elsewhere).send_available(progress=sent)
+    except StoreError as exc:
+        outcome.problem = (f"{outcome.sent_to} does not take data now: {exc}" if _retry_later(exc)
+                           else f"stopped: {exc}")
+    except sqlite3.OperationalError as exc:  # a full disk: the deletes cannot be written
+        outcome.problem = (f"could not update the spool file ({exc}); what was sent since its "
+                           "last update is sent again next time (the server keeps one copy)")
+    except sqlite3.Error as exc:  # a truncated or corrupt file
+        outcome.problem = f"damaged ({type(exc).__name__}: {exc})"
+    except (OSError, *UNSENDABLE) as exc:
+        outcome.problem = f"stopped ({type(exc).__name__}: {exc})"
     finally:
         if bar is not None:
             bar.close()
-        outcome.left = spool.backlog()
-        spool.close(remove=outcome.left.empty)
-        client.close()
+        if client is not None:
+            client.close()
+        _release(spool, outcome)
     return outcome
 
 
@@ -957,3 +1236,15 @@ class EmbeddedDestination:
 def destination(uri: str) -> MlflowRestClient | EmbeddedDestination:
     """Where a spool recorded for ``uri`` is sent."""
     return EmbeddedDestination(uri) if uri.startswith("sqlite:///") else MlflowRestClient(uri)
+
+
+def _release(spool: SpoolFile, outcome: SpoolOutcome) -> None:
+    """Count what is left, close, and remove the file if nothing is."""
+    try:
+        outcome.left = spool.backlog()
+    except sqlite3.Error as exc:
+        outcome.problem = outcome.problem or f"damaged ({type(exc).__name__}: {exc})"
+    try:
+        spool.close(remove=outcome.problem is None and outcome.left.empty)
+    except (sqlite3.Error, OSError) as exc:
+        outcome.problem = outcome.problem or f"could not close ({type(exc).__name__}: {exc})"

@@ -355,6 +355,32 @@ class SQLiteStore:
         points.sort(key=_by_step_then_time)  # stable: equal (step, time) keep logging order
         return [Metric(key, value, timestamp, step) for value, timestamp, step in points]
 
+    def metric_counts(self, run_id: str) -> dict[str, int]:
+        """key -> number of points the run holds (read from the chunk headers only)."""
+        conn = self._connection()
+        run_pk = self._run_pk(conn, run_id)
+        return dict(conn.execute(
+            "SELECT key, sum(points) FROM metric_chunks WHERE run_pk = ? GROUP BY key", (run_pk,)))
+
+    def iter_metric_history(self, run_id: str, key: str,
+                            page: int = 50_000) -> Iterator[list[MetricRow]]:
+        """A key's points in pages of about ``page`` rows, in the order they were logged
+        (not sorted: :meth:`get_metric_history` sorts, and holds them all to do so)."""
+        conn = self._connection()
+        run_pk = self._run_pk(conn, run_id)
+        rows = conn.execute(
+            "SELECT vals, timestamps, steps FROM metric_chunks WHERE run_pk = ? AND key = ? "
+            "ORDER BY chunk_id", (run_pk, key))
+        buffered: list[MetricRow] = []
+        for chunk in rows:
+            buffered.extend((key, value, timestamp, step)
+                            for value, timestamp, step in unpack_chunk(*chunk))
+            if len(buffered) >= page:
+                yield buffered
+                buffered = []
+        if buffered:
+            yield buffered
+
     def server_run_id(self, run_id: str) -> str:
         return run_id
 
