@@ -22,6 +22,9 @@ from typing import Any
 from autolog.ledger import ParamLedger
 from autolog.stores.base import FAILED, FINISHED, KILLED, RUN_STATUSES, RunInfo, Store
 from autolog.validation import (
+    FLOAT_INT_LIMIT,
+    INT64_MAX,
+    INT64_MIN,
     check_metric_key,
     check_step,
     check_tag_key,
@@ -34,6 +37,7 @@ from autolog.writer import get_writer
 HIGH_WATER_POINTS = 250_000  # a queue this long is drained by the caller (bounded memory)
 
 _checked_metric_keys: set[str] = set()
+_FLOAT_INT_MIN = -FLOAT_INT_LIMIT
 _time = time.time
 _INTERNAL_PACKAGES = ("autolog", "autolog_integrations", "wrapt")
 
@@ -126,14 +130,15 @@ class Run:
         if not known:
             _checked_metric_keys.add(check_metric_key(key))
         kind = type(value)
-        if kind is float or kind is int or metric_value_kind(value) == "native":
+        if kind is float or (kind is int and _FLOAT_INT_MIN < value < FLOAT_INT_LIMIT) \
+                or metric_value_kind(value) == "native":  # which raises for 10**400
             queue = self.metric_queue
         else:
             queue = self.lazy_metric_queue
         if step is None:
             step = 0
-        elif type(step) is not int:
-            step = check_step(step)
+        elif type(step) is not int or not INT64_MIN <= step <= INT64_MAX:
+            step = check_step(step)  # raises for an int outside int64
         queue.append((key, value, int(_time() * 1000) if timestamp is None
                       else check_timestamp_ms(timestamp), step))
         if len(queue) > HIGH_WATER_POINTS:
