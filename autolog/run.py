@@ -22,9 +22,6 @@ from typing import Any
 from autolog.ledger import ParamLedger
 from autolog.stores.base import FAILED, FINISHED, KILLED, RUN_STATUSES, RunInfo, Store
 from autolog.validation import (
-    FLOAT_INT_LIMIT,
-    INT64_MAX,
-    INT64_MIN,
     check_metric_key,
     check_step,
     check_tag_key,
@@ -37,7 +34,8 @@ from autolog.writer import get_writer
 HIGH_WATER_POINTS = 250_000  # a queue this long is drained by the caller (bounded memory)
 
 _checked_metric_keys: set[str] = set()
-_FLOAT_INT_MIN = -FLOAT_INT_LIMIT
+_SMALL_INT_MAX = 2**30 - 1  # the largest int of one digit, which CPython compares fastest
+_SMALL_INT_MIN = -_SMALL_INT_MAX
 _time = time.time
 _INTERNAL_PACKAGES = ("autolog", "autolog_integrations", "wrapt")
 
@@ -129,16 +127,19 @@ class Run:
             known = False
         if not known:
             _checked_metric_keys.add(check_metric_key(key))
+        # A float first, then a small int (comparisons CPython specialises for ints of one
+        # 30-bit digit); anything else, a big int included, is checked by
+        # metric_value_kind, which refuses an int beyond a float (10**400).
         kind = type(value)
-        if kind is float or (kind is int and _FLOAT_INT_MIN < value < FLOAT_INT_LIMIT) \
-                or metric_value_kind(value) == "native":  # which raises for 10**400
+        if kind is float or (kind is int and _SMALL_INT_MIN <= value <= _SMALL_INT_MAX) \
+                or metric_value_kind(value) == "native":
             queue = self.metric_queue
         else:
             queue = self.lazy_metric_queue
         if step is None:
             step = 0
-        elif type(step) is not int or not INT64_MIN <= step <= INT64_MAX:
-            step = check_step(step)  # raises for an int outside int64
+        elif type(step) is not int or step < 0 or step > _SMALL_INT_MAX:
+            step = check_step(step)  # refuses a step outside int64 (2**63)
         queue.append((key, value, int(_time() * 1000) if timestamp is None
                       else check_timestamp_ms(timestamp), step))
         if len(queue) > HIGH_WATER_POINTS:

@@ -408,3 +408,20 @@ def test_no_message_shows_a_uri_password(tmp_path, http_server):
     with pytest.raises(ValueError) as refused:
         autolog.autolog(tracking_uri=bad_scheme)
     assert SECRET not in str(refused.value)
+
+
+def test_a_run_started_against_refused_credentials_says_so_and_keeps_its_data(http_server, monkeypatch):
+    """start_run does not fail (the data waits in the spool for `autolog sync` with good
+    credentials), and the warning tells the user to check them."""
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", SECRET)
+    monkeypatch.setenv("AUTOLOG_EXIT_TIMEOUT", "0.5")
+    refusal = (401, {}, b'{"error_code": "UNAUTHENTICATED", "message": "who are you"}')
+    http_server.script = [refusal] * 1000
+    autolog.set_tracking_uri(http_server.uri)
+    with pytest.warns(autolog.AutologWarning, match="check your credentials") as seen:
+        run = autolog.start_run()
+    assert all(SECRET not in str(w.message) for w in seen)
+    for step in range(100):
+        autolog.log_metric("m", float(step), step=step)
+    autolog.end_run()
+    assert run.store.backlog().points == 100  # kept for `autolog sync`, not dropped
