@@ -34,12 +34,9 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FLOAT_INT_LIMIT = 2**1024 - 2**970
 
 
-def _shown(text: str, limit: int = 80) -> str:
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
-
-
 def _short(value: object, limit: int = 40) -> str:
-    """``repr(value)``, cut short: a message never prints the 400 digits of 10**400."""
+    """``repr(value)``, cut short: a message never prints the 400 digits of 10**400, or
+    the 6,000 characters of a param value."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
@@ -50,14 +47,14 @@ def check_text(what: str, text: str) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ValueError(
-            f"{what} {_shown(text)} cannot be stored: the character {text[exc.start]!r} at "
+            f"{what} {_short(text, 80)} cannot be stored: the character {text[exc.start]!r} at "
             f"position {exc.start} is not valid Unicode text (a lone surrogate, as "
             "os.fsdecode gives for a file name that is not UTF-8); pass text, e.g. "
             "os.fsencode(name).decode('utf-8', 'replace')"
         ) from None
     if "\x00" in text:
         raise ValueError(
-            f"{what} {_shown(text)} cannot be stored: it contains a NUL character (\\x00) at "
+            f"{what} {_short(text, 80)} cannot be stored: it contains a NUL character (\\x00) at "
             f"position {text.index(chr(0))}, which PostgreSQL-backed MLflow servers refuse"
         )
     return text
@@ -157,7 +154,8 @@ def check_timestamp_ms(timestamp: object) -> int:
 
 
 def metric_value_kind(value: object) -> str:
-    """Classify a metric value without converting it (conversion is the writer's job).
+    """Classify a metric value; conversion is the writer's job, except that a host value
+    that may not fit a float (a big int, Decimal, Fraction, numpy longdouble) is checked.
 
     Returns ``"native"`` for Python int/float, ``"lazy"`` for a numpy or torch scalar that the
     writer converts later, and raises ``ValueError`` for anything that is not one number.
@@ -189,7 +187,7 @@ def metric_value_kind(value: object) -> str:
         if value.dtype.kind not in "biuf":
             raise ValueError(f"metric value must be a real number, got dtype {value.dtype}")
         if value.dtype.kind == "f" and value.dtype.itemsize > 8:  # longdouble: may overflow
-            _check_fits_float(value)
+            _check_fits_float(value.reshape(-1)[0] if getattr(value, "ndim", 0) else value)
         return "lazy"
     if isinstance(value, (numbers.Real, Decimal)):  # Fraction, Decimal, ...: host values
         _check_fits_float(value)
