@@ -6,9 +6,12 @@ at once; and the CLI and API messages that name a URI with a password in it."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -425,3 +428,53 @@ def test_a_run_started_against_refused_credentials_says_so_and_keeps_its_data(ht
         autolog.log_metric("m", float(step), step=step)
     autolog.end_run()
     assert run.store.backlog().points == 100  # kept for `autolog sync`, not dropped
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed: no certificate for a TLS server")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return cert, context
+
+
+@pytest.mark.timeout(60)
+def test_over_tls_the_deadline_holds_and_the_configured_ca_is_used(http_server, tls_files,
+                                                                   monkeypatch):
+    """HTTPS connections keep the deadline too; and MLFLOW_TRACKING_SERVER_CERT_PATH is
+    used even where REQUESTS_CA_BUNDLE is set (requests let that override the session's)."""
+    cert, context = tls_files
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ssl.get_default_verify_paths().openssl_cafile)
+    monkeypatch.setenv("AUTOLOG_HTTP_TIMEOUT", "1.5")
+    http_server.socket = context.wrap_socket(http_server.socket, server_side=True)
+    https_uri = http_server.uri.replace("http://", "https://")
+    client = MlflowRestClient(https_uri)
+    for _ in range(3):
+        client.update_run("abc", "FINISHED", 5)
+    assert len(http_server.seen) == 3
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted: list[ssl.SSLSocket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = silent.accept()
+                accepted.append(context.wrap_socket(conn, server_side=True))  # then nothing
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        with pytest.raises(ServerUnreachableError, match="no complete answer within 1.5 s"):
+            MlflowRestClient(f"https://127.0.0.1:{silent.getsockname()[1]}").get_run("abc")
+        assert len(accepted) == 1
+    finally:
+        silent.close()
+        for conn in accepted:
+            conn.close()

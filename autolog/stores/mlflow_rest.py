@@ -167,9 +167,14 @@ class _DeadlineConnectionMixin:
 
     def _abort(self) -> None:
         sock = self.sock
-        if sock is not None:  # socket.socket's shutdown, not SSLSocket's, which drops its state
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        if sock is None:
+            return
+        # socket.socket's own shutdown for an SSLSocket too (SSLSocket.shutdown drops the
+        # TLS state under the reading thread); a wrapper (pyOpenSSL) has only its own.
+        shutdown = (socket.socket.shutdown if isinstance(sock, socket.socket)
+                    else type(sock).shutdown)
+        with contextlib.suppress(OSError):
+            shutdown(sock, socket.SHUT_RDWR)
 
 
 class _DeadlineHTTPConnection(_DeadlineConnectionMixin, HTTPConnection):
@@ -363,6 +368,9 @@ class MlflowRestClient:
             response = self._session.request(
                 method, self._base + endpoint, params=query, data=data, timeout=self._timeout,
                 headers={"Content-Type": "application/json"} if data is not None else None,
+                # per request: else requests lets REQUESTS_CA_BUNDLE override the session's
+                # MLFLOW_TRACKING_SERVER_CERT_PATH / MLFLOW_TRACKING_INSECURE_TLS
+                verify=self._session.verify,
             )
         except requests.RequestException as exc:
             if _remaining() <= 0:
