@@ -19,6 +19,7 @@ from autolog.run import Run, user_call_site
 from autolog.source import PARENT_RUN_ID, RUN_NAME, system_tags
 from autolog.stores import open_store
 from autolog.stores.base import FINISHED, RUNNING, Experiment, Metric, RunRecord, Store
+from autolog.uris import redact_uri
 from autolog.validation import check_experiment_name, check_tag_key, check_tag_value
 from autolog.writer import get_writer
 
@@ -60,7 +61,8 @@ def set_tracking_uri(uri: str) -> None:
     """Where new runs go: ``sqlite:///path.db`` or ``http(s)://host:port`` (MLflow server)."""
     if not isinstance(uri, str) or not uri.startswith(("sqlite:///", "http://", "https://")):
         raise ValueError(
-            f"tracking URI must be sqlite:///path/to/file.db or http(s)://host:port, got {uri!r}"
+            "tracking URI must be sqlite:///path/to/file.db or http(s)://host:port, got "
+            f"{redact_uri(uri)!r}"
         )
     settings.tracking_uri = uri
 

@@ -227,7 +227,7 @@ class ParamLedger:
                 f"autolog: param {key!r} value ({len(stored)} characters) truncated to "
                 f"{MAX_PARAM_VALUE_LENGTH}", stacklevel=4,
             )
-            stored = stored[:MAX_PARAM_VALUE_LENGTH]
+            stored = check_param_value(key, stored[:MAX_PARAM_VALUE_LENGTH])
             return key, stored, canonical(stored)
         check_param_value(key, stored)
         return key, stored, canonical(value)

@@ -44,6 +44,8 @@ from autolog.writer import get_writer, shutdown
 HIGH_WATER_POINTS = 250_000  # past this many queued points, back-pressure (bounded memory)
 
 _checked_metric_keys: set[str] = set()
+_SMALL_INT_MAX = 2**30 - 1  # the largest int of one digit, which CPython compares fastest
+_SMALL_INT_MIN = -_SMALL_INT_MAX
 _time = time.time
 _INTERNAL_PACKAGES = ("autolog", "autolog_integrations", "wrapt")
 
@@ -130,15 +132,19 @@ class Run:
             known = False
         if not known:
             _checked_metric_keys.add(check_metric_key(key))
+        # A float first, then a small int (comparisons CPython specialises for ints of one
+        # 30-bit digit); anything else, a big int included, is checked by
+        # metric_value_kind, which refuses an int beyond a float (10**400).
         kind = type(value)
-        if kind is float or kind is int or metric_value_kind(value) == "native":
+        if kind is float or (kind is int and _SMALL_INT_MIN <= value <= _SMALL_INT_MAX) \
+                or metric_value_kind(value) == "native":
             queue = self.metric_queue
         else:
             queue = self.lazy_metric_queue
         if step is None:
             step = 0
-        elif type(step) is not int:
-            step = check_step(step)
+        elif type(step) is not int or step < 0 or step > _SMALL_INT_MAX:
+            step = check_step(step)  # refuses a step outside int64 (2**63)
         queue.append((key, value, int(_time() * 1000) if timestamp is None
                       else check_timestamp_ms(timestamp), step))
         if len(queue) > HIGH_WATER_POINTS:

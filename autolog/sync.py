@@ -37,6 +37,7 @@ from autolog.stores import open_store
 from autolog.stores.base import Experiment, MetricRow, RunRecord, Store, StoreError
 from autolog.stores.mlflow_rest import HISTORY_PAGE_SIZE, MlflowRestClient
 from autolog.stores.spool import SpoolOutcome, default_spool_dir, send_spool_file, spool_files
+from autolog.uris import redact_uri
 
 SOURCE_RUN_TAG = "autolog.source_run_id"
 PARENT_RUN_TAG = "mlflow.parentRunId"
@@ -107,7 +108,7 @@ def open_for_copy(uri: str, create: bool) -> Store:
 def copy_between(source_uri: str, dest_uri: str, experiments: Sequence[str] = (),
                  progress: bool | None = None) -> CopyReport:
     if source_uri == dest_uri:
-        raise ValueError(f"--from and --to are the same store: {source_uri}")
+        raise ValueError(f"--from and --to are the same store: {redact_uri(source_uri)}")
     source = open_for_copy(source_uri, create=False)
     dest = open_for_copy(dest_uri, create=True)
     started = time.monotonic()

@@ -2,7 +2,11 @@
 
 The limits are MLflow's own (``mlflow/utils/validation.py``), so a batch built from values
 that passed here is never refused by a server. Every failure is a ``ValueError`` raised in
-the caller's frame, before anything is queued.
+the caller's frame, before anything is queued: a value refused later, by the writer, could
+only be dropped or jam the queue behind it. Beyond MLflow's own rules that means: text must
+be encodable as UTF-8 (no lone surrogates, which ``os.fsdecode`` gives for a file name that
+is not UTF-8) and hold no NUL character (PostgreSQL refuses it); a metric value must fit a
+float (``10**400`` does not) and a step or timestamp an int64.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import math
 import numbers
 import posixpath
 import re
+from decimal import Decimal
 
 MAX_KEY_LENGTH = 250
 MAX_PARAM_VALUE_LENGTH = 6000
@@ -23,7 +28,36 @@ MAX_ENTITIES_PER_BATCH = 1000
 MAX_BATCH_REQUEST_BYTES = 1_000_000
 
 _KEY_CHARACTERS = re.compile(r"^[/\w.\- :]*$")
-_INT64_MAX = 2**63 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# The smallest int that float() rounds to infinity (it raises OverflowError): halfway
+# between the largest float and 2**1024, which rounds to even, upwards.
+FLOAT_INT_LIMIT = 2**1024 - 2**970
+
+
+def _short(value: object, limit: int = 40) -> str:
+    """``repr(value)``, cut short: a message never prints the 400 digits of 10**400, or
+    the 6,000 characters of a param value."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_text(what: str, text: str) -> str:
+    """``text`` unchanged if a store can keep it: encodable as UTF-8, without NUL."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{what} {_short(text, 80)} cannot be stored: the character {text[exc.start]!r} at "
+            f"position {exc.start} is not valid Unicode text (a lone surrogate, as "
+            "os.fsdecode gives for a file name that is not UTF-8); pass text, e.g. "
+            "os.fsencode(name).decode('utf-8', 'replace')"
+        ) from None
+    if "\x00" in text:
+        raise ValueError(
+            f"{what} {_short(text, 80)} cannot be stored: it contains a NUL character (\\x00) at "
+            f"position {text.index(chr(0))}, which PostgreSQL-backed MLflow servers refuse"
+        )
+    return text
 
 
 def _check_key(kind: str, key: object) -> str:
@@ -31,6 +65,7 @@ def _check_key(kind: str, key: object) -> str:
         raise ValueError(f"{kind} key must be a string, got {type(key).__name__}: {key!r}")
     if not key:
         raise ValueError(f"{kind} key must not be empty")
+    check_text(f"{kind} key", key)
     if len(key) > MAX_KEY_LENGTH:
         raise ValueError(
             f"{kind} key {key[:60]!r}... is {len(key)} characters; the limit is {MAX_KEY_LENGTH}"
@@ -62,6 +97,7 @@ def check_tag_key(key: object) -> str:
 
 
 def check_param_value(key: str, stored: str) -> str:
+    check_text(f"param {key!r}: the value", stored)
     if len(stored) > MAX_PARAM_VALUE_LENGTH:
         raise ValueError(
             f"param {key!r}: value is {len(stored)} characters; the limit is "
@@ -72,6 +108,7 @@ def check_param_value(key: str, stored: str) -> str:
 
 def check_tag_value(key: str, value: object) -> str:
     stored = str(value)
+    check_text(f"tag {key!r}: the value", stored)
     if len(stored) > MAX_TAG_VALUE_LENGTH:
         raise ValueError(
             f"tag {key!r}: value is {len(stored)} characters; the limit is {MAX_TAG_VALUE_LENGTH}"
@@ -82,6 +119,7 @@ def check_tag_value(key: str, value: object) -> str:
 def check_experiment_name(name: object) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"experiment name must be a non-empty string, got {name!r}")
+    check_text("experiment name", name)
     if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
         raise ValueError(
             f"experiment name is {len(name)} characters; the limit is {MAX_EXPERIMENT_NAME_LENGTH}"
@@ -95,24 +133,29 @@ def check_step(step: object) -> int:
         raise ValueError(f"metric step must be an integer, got {step!r}")
     try:
         as_int = int(step)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        raise ValueError(f"metric step must be an integer, got {step!r}") from None
-    if as_int != step or not -_INT64_MAX - 1 <= as_int <= _INT64_MAX:
-        raise ValueError(f"metric step must be a 64-bit integer, got {step!r}")
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
+        raise ValueError(f"metric step must be an integer, got {_short(step)}") from None
+    if as_int != step or not INT64_MIN <= as_int <= INT64_MAX:
+        raise ValueError(
+            f"metric step must be a 64-bit integer (between -2**63 and 2**63 - 1), got {_short(step)}")
     return as_int
 
 
 def check_timestamp_ms(timestamp: object) -> int:
-    """Timestamps are milliseconds since the epoch, as in MLflow."""
+    """Timestamps are milliseconds since the epoch, as in MLflow: a non-negative int64."""
     if isinstance(timestamp, bool) or not isinstance(timestamp, numbers.Real):
-        raise ValueError(f"metric timestamp must be milliseconds since the epoch, got {timestamp!r}")
-    if not math.isfinite(timestamp) or timestamp < 0 or timestamp > _INT64_MAX:
-        raise ValueError(f"metric timestamp must be a non-negative 64-bit integer, got {timestamp!r}")
+        raise ValueError(
+            f"metric timestamp must be milliseconds since the epoch, got {_short(timestamp)}")
+    # Compared before any float conversion, which would overflow for a huge int.
+    if not (0 <= timestamp <= INT64_MAX):  # NaN compares false
+        raise ValueError(
+            f"metric timestamp must be a non-negative 64-bit integer, got {_short(timestamp)}")
     return int(timestamp)
 
 
 def metric_value_kind(value: object) -> str:
-    """Classify a metric value without converting it (conversion is the writer's job).
+    """Classify a metric value; conversion is the writer's job, except that a host value
+    that may not fit a float (a big int, Decimal, Fraction, numpy longdouble) is checked.
 
     Returns ``"native"`` for Python int/float, ``"lazy"`` for a numpy or torch scalar that the
     writer converts later, and raises ``ValueError`` for anything that is not one number.
@@ -120,7 +163,11 @@ def metric_value_kind(value: object) -> str:
     """
     if isinstance(value, bool):
         return "lazy"
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        if not -FLOAT_INT_LIMIT < value < FLOAT_INT_LIMIT:
+            raise _beyond_float(value)
+        return "native"
+    if isinstance(value, float):
         return "native"
     if isinstance(value, (str, bytes)) or value is None:
         raise ValueError(f"metric value must be a number, got {type(value).__name__}: {value!r}")
@@ -139,10 +186,33 @@ def metric_value_kind(value: object) -> str:
             raise ValueError(f"metric value must be a scalar, got an array of shape {value.shape}")
         if value.dtype.kind not in "biuf":
             raise ValueError(f"metric value must be a real number, got dtype {value.dtype}")
+        if value.dtype.kind == "f" and value.dtype.itemsize > 8:  # longdouble: may overflow
+            _check_fits_float(value.reshape(-1)[0] if getattr(value, "ndim", 0) else value)
         return "lazy"
-    if isinstance(value, numbers.Real):  # Decimal, Fraction, ...
+    if isinstance(value, (numbers.Real, Decimal)):  # Fraction, Decimal, ...: host values
+        _check_fits_float(value)
         return "lazy"
     raise ValueError(f"metric value must be a number, got {type(value).__name__}: {value!r}")
+
+
+def _beyond_float(value: object) -> ValueError:
+    return ValueError(
+        f"metric value {_short(value)} is beyond the range of a 64-bit float (about ±1.8e308), the "
+        "type MLflow stores metrics as"
+    )
+
+
+def _check_fits_float(value: object) -> None:
+    """A host value (not a tensor) whose float() would fail or turn a finite number into
+    ±inf is refused; the conversion is cheap, and the writer converts it again later."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        raise _beyond_float(value) from None
+    except (TypeError, ValueError) as exc:  # Decimal('sNaN'), say
+        raise ValueError(f"metric value {value!r} is not a number a float can hold: {exc}") from None
+    if math.isinf(number) and not value == number:
+        raise _beyond_float(value)
 
 
 def to_float(value: object) -> float:

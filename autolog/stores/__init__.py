@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from autolog.stores.base import Store, StoreError
+from autolog.uris import redact_uri
 
 _open: dict[tuple[str, bool], Store] = {}
 _lock = threading.Lock()
@@ -40,7 +41,7 @@ def _make(uri: str, create: bool) -> Store:
 
         return open_remote_store(uri)
     raise StoreError(
-        f"unsupported tracking URI {uri!r}: use sqlite:///path/to/file.db for the embedded "
+        f"unsupported tracking URI {redact_uri(uri)!r}: use sqlite:///path/to/file.db for the embedded "
         "store or http(s)://host:port for an MLflow tracking server"
     )
 

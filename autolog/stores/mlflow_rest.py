@@ -7,6 +7,17 @@ errors) with exponential backoff. Runs log through :func:`open_remote_store`, wh
 the durable spool (:mod:`autolog.stores.spool`) in front of it so that the writer never
 waits on the network.
 
+Every wait is bounded. One call (retries, backoff and ``Retry-After`` waits included) has
+a total deadline, ``AUTOLOG_HTTP_TIMEOUT`` seconds (default 60): requests' own read timeout
+is per socket read, so a server that accepts and never answers would cost it 4 × the
+timeout, and one that trickles a byte a second would never end. The deadline is enforced
+below requests: each connection arms a timer when it sends a request that shuts its
+socket down at the deadline (a blocked read then ends at once), and the ``Retry`` allows no
+retry, nor a wait before one, past it. A ``Retry-After`` is obeyed up to 30 s.
+
+An answer that is not MLflow's (a proxy's HTML login page, ``{}`` where a run was due) is
+:class:`NotMlflowServerError` naming the URI, and 401/403 says to check the credentials.
+
 Authentication and TLS come from the variables MLflow users already set:
 ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (or ``user:password@`` in the
 URI), ``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_INSECURE_TLS``,
@@ -16,15 +27,21 @@ are never part of :attr:`MlflowRestClient.uri`, a repr, or an exception message.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import socket
+import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util import Retry
 
 from autolog.config import env_flag, env_float
@@ -39,6 +56,7 @@ from autolog.stores.base import (
     Store,
     StoreError,
 )
+from autolog.uris import redact_uri, split_credentials
 from autolog.validation import (
     MAX_BATCH_REQUEST_BYTES,
     MAX_METRICS_PER_BATCH,
@@ -52,7 +70,10 @@ RETRIES = 3
 BACKOFF_FACTOR_S = 0.5  # urllib3 retries at once, then after 1 s, then 2 s
 BACKOFF_MAX_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 60.0  # AUTOLOG_HTTP_TIMEOUT overrides
+CALL_TIMEOUT_S = 60.0  # one call in all, retries included; AUTOLOG_HTTP_TIMEOUT overrides
+RETRY_AFTER_MAX_S = 30.0
+CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD, "
+                        "MLFLOW_TRACKING_TOKEN, or user:password@ in the URI")
 PAGE_SIZE = 1000
 HISTORY_PAGE_SIZE = 25_000
 # Room for the {"run_id": "...", } the sender adds to a stored body.
@@ -71,7 +92,11 @@ class MlflowRestError(StoreError):
         self.status = status
         self.error_code = error_code
         self.message = message
-        super().__init__(f"{description} failed with HTTP {status} {error_code}: {message}")
+        text = f"{description} failed with HTTP {status} {error_code}: {message}"
+        if status in AUTH_STATUSES:
+            text += (f" (the server refused the credentials: check your credentials, "
+                     f"{CREDENTIAL_VARIABLES})")
+        super().__init__(text)
 
     @property
     def retry_later(self) -> bool:
@@ -90,6 +115,100 @@ class RestParamRefusedError(MlflowRestError, ParamRefusedError):
 
 class ServerUnreachableError(StoreError):
     """No answer from the server (connection refused, timeout, reset), after retries."""
+
+
+class NotMlflowServerError(StoreError):
+    """The server answered 200 with something that is not MLflow's JSON."""
+
+
+# -- the per-call deadline ---------------------------------------------------------------
+
+_call = threading.local()  # .deadline (time.monotonic()) and .timers of this thread's call
+
+
+def _remaining() -> float:
+    """Seconds left to the current call of this thread (inf outside a call)."""
+    deadline = getattr(_call, "deadline", None)
+    return math.inf if deadline is None else deadline - time.monotonic()
+
+
+class _DeadlineRetry(Retry):
+    """urllib3's Retry, bounded: a ``Retry-After`` is obeyed up to ``RETRY_AFTER_MAX_S``,
+    and neither a wait nor a retry goes past the call's deadline."""
+
+    def get_retry_after(self, response) -> float | None:
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else max(0.0, min(seconds, RETRY_AFTER_MAX_S, _remaining()))
+
+    def get_backoff_time(self) -> float:
+        return max(0.0, min(super().get_backoff_time(), _remaining()))
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None,
+                  _stacktrace=None):
+        retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        if _remaining() <= 0:
+            raise MaxRetryError(_pool, url, error or ResponseError("the call's deadline passed"))
+        return retry
+
+
+class _DeadlineConnectionMixin:
+    """Arms a timer when a request is sent that shuts the socket down at the deadline of
+    the call, so a read blocked on a silent or trickling server ends then; the call
+    cancels its timers when it has the whole answer."""
+
+    def request(self, *args, **kwargs):
+        remaining = _remaining()
+        if remaining != math.inf:
+            timer = threading.Timer(max(remaining, 0.0), self._abort)
+            timer.daemon = True
+            timer.start()
+            _call.timers.append(timer)
+        return super().request(*args, **kwargs)
+
+    def _abort(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        # socket.socket's own shutdown for an SSLSocket too (SSLSocket.shutdown drops the
+        # TLS state under the reading thread); a wrapper (pyOpenSSL) has only its own.
+        shutdown = (socket.socket.shutdown if isinstance(sock, socket.socket)
+                    else type(sock).shutdown)
+        with contextlib.suppress(OSError):
+            shutdown(sock, socket.SHUT_RDWR)
+
+
+class _DeadlineHTTPConnection(_DeadlineConnectionMixin, HTTPConnection):
+    pass
+
+
+class _DeadlineHTTPSConnection(_DeadlineConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _DeadlineHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
+_DEADLINE_POOLS = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter with connections that keep the call's deadline (HTTP proxies
+    included; SOCKS proxies use urllib3's own connections)."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _DEADLINE_POOLS
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = _DEADLINE_POOLS
+        return manager
 
 
 def _json_value(value: float) -> float | str:
@@ -146,19 +265,6 @@ def with_run_id(run_id: str, body: bytes) -> bytes:
     return b'{"run_id":' + _dumps(run_id) + b"," + body[1:]
 
 
-def _redact_userinfo(uri: str) -> tuple[str, str | None, str | None]:
-    """``uri`` without ``user:password@``, and the user and password it carried."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri.rstrip("/"), None, None
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return clean.rstrip("/"), parts.username, parts.password
-
-
 def _tls_verify() -> bool | str:
     insecure = env_flag("MLFLOW_TRACKING_INSECURE_TLS")
     cert_path = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
@@ -186,7 +292,8 @@ class MlflowRestClient:
     """The Store protocol over MLflow's REST API, one request (or a few) per call.
 
     ``retries=0`` makes a client that gives up on the first failure (used to decide at
-    once whether a new run can be created online).
+    once whether a new run can be created online). ``read_timeout`` is the total deadline
+    of one call (default ``AUTOLOG_HTTP_TIMEOUT``, else 60 s); see the module doc.
     """
 
     def __init__(
@@ -198,18 +305,20 @@ class MlflowRestClient:
         read_timeout: float | None = None,
     ):
         if not uri.startswith(("http://", "https://")):
-            raise ValueError(f"not an MLflow server URI: {uri!r} (expected http(s)://host:port)")
-        self.uri, user, password = _redact_userinfo(uri)
+            raise ValueError(f"not an MLflow server URI: {redact_uri(uri)!r} "
+                             "(expected http(s)://host:port)")
+        self.uri, user, password = split_credentials(uri)
         self._base = self.uri + API_PREFIX
-        self._timeout = (connect_timeout,
-                         read_timeout or env_float("AUTOLOG_HTTP_TIMEOUT", READ_TIMEOUT_S))
+        self._call_timeout = read_timeout or env_float("AUTOLOG_HTTP_TIMEOUT", CALL_TIMEOUT_S)
+        # Each socket read may take the whole deadline; the deadline timer ends it sooner.
+        self._timeout = (min(connect_timeout, self._call_timeout), self._call_timeout)
         user = os.environ.get("MLFLOW_TRACKING_USERNAME") or user
         password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or password
         token = os.environ.get("MLFLOW_TRACKING_TOKEN")
         self._secrets = [secret for secret in (password, token) if secret]
 
         session = requests.Session()
-        retry = Retry(
+        retry = _DeadlineRetry(
             total=retries,
             connect=retries,
             read=retries,
@@ -222,7 +331,7 @@ class MlflowRestClient:
             raise_on_status=False,
             respect_retry_after_header=True,
         )
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=8, max_retries=retry)
+        adapter = _DeadlineAdapter(pool_connections=4, pool_maxsize=8, max_retries=retry)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         if user and password:  # MLflow prefers basic auth when both are configured
@@ -254,22 +363,52 @@ class MlflowRestClient:
         """One API call (with urllib3's retries); the decoded JSON answer."""
         data = body if isinstance(body, bytes) or body is None else _dumps(body)
         description = f"{method} {API_PREFIX}{endpoint} on {self.uri}"
+        _call.deadline, _call.timers = time.monotonic() + self._call_timeout, []
         try:
             response = self._session.request(
                 method, self._base + endpoint, params=query, data=data, timeout=self._timeout,
                 headers={"Content-Type": "application/json"} if data is not None else None,
+                # per request: else requests lets REQUESTS_CA_BUNDLE override the session's
+                # MLFLOW_TRACKING_SERVER_CERT_PATH / MLFLOW_TRACKING_INSECURE_TLS
+                verify=self._session.verify,
             )
         except requests.RequestException as exc:
+            if _remaining() <= 0:
+                raise ServerUnreachableError(self._redact(
+                    f"{description}: no complete answer within {self._call_timeout:g} s "
+                    f"(AUTOLOG_HTTP_TIMEOUT) ({type(exc).__name__}: {exc})")) from None
             raise ServerUnreachableError(
                 self._redact(f"{description}: no answer ({type(exc).__name__}: {exc})")
             ) from None
+        finally:
+            for timer in _call.timers:
+                timer.cancel()
+            _call.deadline, _call.timers = None, []
         if response.status_code != 200:
             raise self._error(endpoint, description, response)
         try:
-            return response.json() if response.content else {}
-        except ValueError:  # not an MLflow server (a proxy's login page, say)
-            raise MlflowRestError(description, 200, "INVALID_RESPONSE",
-                                  self._redact(response.text[:200])) from None
+            answer = response.json() if response.content else {}
+        except ValueError:  # a proxy's login page, say
+            answer = None
+        if not isinstance(answer, dict):
+            raise self._not_mlflow(description, response.text)
+        return answer
+
+    def _not_mlflow(self, description: str, text: str) -> NotMlflowServerError:
+        shown = " ".join(text.split())[:200]
+        return NotMlflowServerError(self._redact(
+            f"{self.uri} is not an MLflow tracking server (or not at this path): {description} "
+            f"answered HTTP 200 with {shown!r}, not MLflow's JSON. Check the tracking URI; a "
+            "proxy's login page means the credentials are missing"))
+
+    @contextlib.contextmanager
+    def _parsing(self, description: str, answer: dict) -> Iterator[None]:
+        """Reading fields out of ``answer``: a missing or mistyped one means the server is
+        not MLflow (a ``KeyError`` would say nothing to the user)."""
+        try:
+            yield
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise self._not_mlflow(description, json.dumps(answer)) from None
 
     def _error(self, endpoint: str, description: str,
                response: requests.Response) -> MlflowRestError:
@@ -315,13 +454,16 @@ class MlflowRestClient:
             if exc.error_code == RESOURCE_DOES_NOT_EXIST:
                 return None
             raise
-        experiment = answer["experiment"]
-        if experiment.get("lifecycle_stage") == "deleted":
+        with self._parsing("GET experiments/get-by-name", answer):
+            experiment = answer["experiment"]
+            deleted = experiment.get("lifecycle_stage") == "deleted"
+            found = Experiment(str(experiment["experiment_id"]), str(experiment["name"]))
+        if deleted:
             raise StoreError(
                 f"experiment {name!r} on {self.uri} is deleted; restore it in MLflow or use "
                 "another name"
             )
-        return Experiment(str(experiment["experiment_id"]), experiment["name"])
+        return found
 
     def get_or_create_experiment(self, name: str) -> Experiment:
         found = self.get_experiment_by_name(name)
@@ -333,12 +475,14 @@ class MlflowRestClient:
             if exc.error_code != RESOURCE_ALREADY_EXISTS:  # another process created it first
                 raise
             return self.get_experiment_by_name(name)  # type: ignore[return-value]
-        return Experiment(str(answer["experiment_id"]), name)
+        with self._parsing("POST experiments/create", answer):
+            return Experiment(str(answer["experiment_id"]), name)
 
     def list_experiments(self) -> list[Experiment]:
         found = self._pages("POST", "experiments/search", {"max_results": PAGE_SIZE},
                             "experiments")
-        experiments = [Experiment(str(e["experiment_id"]), e["name"]) for e in found]
+        with self._parsing("POST experiments/search", {}):
+            experiments = [Experiment(str(e["experiment_id"]), e["name"]) for e in found]
         return sorted(experiments, key=lambda e: (len(e.experiment_id), e.experiment_id))
 
     # -- runs ---------------------------------------------------------------------------
@@ -352,7 +496,8 @@ class MlflowRestClient:
             "start_time": start_time,
             "tags": [{"key": key, "value": value} for key, value in tags.items()],
         })
-        return _run_info(answer["run"]["info"])
+        with self._parsing("POST runs/create", answer):
+            return _run_info(answer["run"]["info"])
 
     def update_run(self, run_id: str, status: str, end_time: int | None) -> None:
         body: dict = {"run_id": run_id, "status": status}
@@ -385,28 +530,44 @@ class MlflowRestClient:
 
         The run's params are read first: values it already holds are skipped, and a key it
         holds with another value (logged by another process) raises
-        :class:`ParamRefusedError` after the others were sent, so the server never answers
-        a log-batch with a 400.
+        :class:`ParamRefusedError` after the others were sent. The missing ones go one per
+        ``runs/log-parameter`` request, not in a log-batch: processes of one job (DDP
+        ranks) log the same params into one run at once, and a log-batch that loses that
+        race is refused (the server inserts what it did not see when it read, and the
+        database's unique key answers HTTP 400), while log-parameter, on that conflict,
+        re-reads the key and accepts a value equal to the one stored. The price: a request
+        and a server commit per new param (20 params: about 0.5 s of the sender thread's
+        time against a SQLite-backed server on the 2-core test machine, where one
+        log-batch took 26 ms).
         """
         stored = self.get_run(run_id).params
         refused = {key: value for key, value in params.items()
                    if key in stored and stored[key] != value}
-        missing = [(key, value) for key, value in params.items() if key not in stored]
-        for chunk in _chunks(missing, MAX_PARAMS_TAGS_PER_BATCH):
-            self.call("POST", "runs/log-batch", body={
-                "run_id": run_id, "params": [{"key": k, "value": v} for k, v in chunk]})
+        for key, value in params.items():
+            if key in stored:
+                continue
+            try:
+                self.call("POST", "runs/log-parameter",
+                          body={"run_id": run_id, "key": key, "value": value})
+            except RestParamRefusedError:  # another process logged another value meanwhile
+                refused[key] = value
+                stored = {**stored, **self.get_run(run_id).params}
         if refused:
-            details = "; ".join(f"{key!r} is {stored[key]!r} on the server, refused {value!r}"
+            details = "; ".join(f"{key!r} is {stored.get(key)!r} on the server, refused {value!r}"
                                 for key, value in refused.items())
             raise ParamRefusedError(
                 f"{PARAM_CHANGE_REFUSED} (run {run_id} on {self.uri}): {details}")
 
     def get_run(self, run_id: str) -> RunRecord:
-        return _run_record(self.call("GET", "runs/get", query={"run_id": run_id})["run"])
+        answer = self.call("GET", "runs/get", query={"run_id": run_id})
+        with self._parsing("GET runs/get", answer):
+            return _run_record(answer["run"])
 
     def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
         request = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE_SIZE}
-        return [_metric(m) for m in self._pages("GET", "metrics/get-history", request, "metrics")]
+        pages = self._pages("GET", "metrics/get-history", request, "metrics")
+        with self._parsing("GET metrics/get-history", {}):
+            return [_metric(m) for m in pages]
 
     def search_runs(
         self, experiment_ids: Iterable[str], max_results: int = 1000,
@@ -423,7 +584,8 @@ class MlflowRestClient:
         if filter_string:
             request["filter"] = filter_string
         found = self._pages("POST", "runs/search", request, "runs", limit=max_results)
-        return [_run_record(run) for run in found]
+        with self._parsing("POST runs/search", {}):
+            return [_run_record(run) for run in found]
 
     def find_run_by_tag(self, experiment_ids: Iterable[str], key: str, value: str) -> RunInfo | None:
         """The run carrying tag ``key=value`` in those experiments, if any."""

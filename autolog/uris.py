@@ -1,0 +1,44 @@
+"""Credentials in tracking URIs: kept out of every message, decoded for sending.
+
+A URI may carry ``user:password@`` (RFC 3986 userinfo, percent-encoded). Any message that
+names a URI passes it through :func:`redact_uri` first, including URIs that are not
+valid (an unsupported scheme, say), since that is when they end up in error messages.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+# scheme://userinfo@ : the userinfo is what precedes the last "@" of the authority (which
+# ends at the first "/", "?" or "#"), as urllib.parse reads it.
+_AUTHORITY = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<authority>[^/?#]*)")
+
+
+def redact_uri(uri: object) -> str:
+    """``uri`` with the password (or a userinfo without a colon, often a token) shown as
+    ``***``; the user name is kept, so that the message still says who connected."""
+    text = str(uri)
+    match = _AUTHORITY.match(text)
+    if match is None or "@" not in match["authority"]:
+        return text
+    userinfo, _, host = match["authority"].rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return f"{match['head']}{shown}@{host}{text[match.end():]}"
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``uri`` without ``user:password@``, and the user and password it carried,
+    percent-decoded (``p%40ss`` is the password ``p@ss``)."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri.rstrip("/"), None, None
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    user = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return clean.rstrip("/"), user, password
