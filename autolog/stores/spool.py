@@ -974,7 +974,7 @@ class SpoolStore:
         else:
             where = ("memory (the spool cannot be written) and sent when the server answers, "
                      "if this process is still running then")
-        _warn(f"{self.uri} does not answer ({self._outage}); run {run.run_key} started "
+        _warn(f"{self.uri} cannot take the run now ({self._outage}); run {run.run_key} started "
               f"offline: it and its data are kept in {where}")
         return RunInfo(run.run_key, experiment_id, run_name, RUNNING, start_time)
 
