@@ -155,3 +155,10 @@ def test_runs_end_on_a_server_as_mlflow_sees_it(sqlite_server, spool_dir, tmp_pa
     assert out.exit_code == 0, out.output
     info = client.get_run(run_id).info
     assert info.status == "FAILED" and info.end_time is not None
+
+
+def test_version_names_the_distribution_autolog_ml():
+    from importlib.metadata import version
+
+    out = invoke("--version")
+    assert out.exit_code == 0 and out.output.strip().endswith(f", version {version('autolog-ml')}")
