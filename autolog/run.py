@@ -394,10 +394,14 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def end_runs_at_exit(status: str | None = None) -> None:
-    """Mark the runs still open ``status``, by default FINISHED, or FAILED after an
-    uncaught exception; the writer then writes them. A forked child never ends the runs
-    it inherited."""
-    status = status or (FAILED if _uncaught else FINISHED)
+    """Mark the runs still open ``status``, by default FINISHED, KILLED after an uncaught
+    Ctrl-C (KeyboardInterrupt), FAILED after another uncaught exception; the writer then
+    writes them. A forked child never ends the runs it inherited."""
+    if status is None:
+        if not _uncaught:
+            status = FINISHED
+        else:
+            status = KILLED if isinstance(_uncaught[-1], KeyboardInterrupt) else FAILED
     for run in get_writer().pending_runs():
         if run.final_status is None and run.owner_pid == os.getpid():
             _context.remove(run)

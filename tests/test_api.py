@@ -2,6 +2,7 @@
 
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -165,6 +166,29 @@ def test_uncaught_exception_ends_open_run_failed(tmp_path):
     assert out.returncode == 1
     autolog.set_tracking_uri(uri)
     assert autolog.get_run(out.stdout.strip()).status == "FAILED"
+
+
+def test_ctrl_c_ends_a_run_opened_without_with_killed(tmp_path):
+    """A real SIGINT, as Ctrl-C sends it, reaches Python as an uncaught KeyboardInterrupt."""
+    script = textwrap.dedent(
+        """
+        import os, signal, time, autolog
+        run = autolog.start_run()
+        for step in range(1000):
+            autolog.log_metric("loss", 1.0 / (step + 1), step=step)
+        print(run.id, flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+        """
+    )
+    uri = f"sqlite:///{tmp_path / 'interrupted.db'}"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "AUTOLOG_TRACKING_URI": uri}, timeout=60)
+    assert out.returncode == -signal.SIGINT and "KeyboardInterrupt" in out.stderr
+    autolog.set_tracking_uri(uri)
+    run_id = out.stdout.strip()
+    assert autolog.get_run(run_id).status == "KILLED"
+    assert len(autolog.get_metric_history(run_id, "loss")) == 1000
 
 
 def test_numpy_nan_and_inf_values(store_uri):
