@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -73,7 +74,28 @@ def strict() -> bool:
 settings = Settings()
 
 
-def warn(message: str, stacklevel: int = 2) -> None:
-    """An autolog warning that ``silent=True`` hides (failed writes are never hidden)."""
+# Packages a warning never points into: autolog's own, and the frameworks whose code runs
+# between the user's call (``model.fit(...)``) and autolog's hook in it.
+_NOT_THE_USERS = frozenset({
+    "autolog", "autolog_integrations", "wrapt", "sklearn", "xgboost", "torch", "lightning",
+    "lightning_fabric", "pytorch_lightning", "joblib", "contextlib", "functools", "threading",
+})
+
+
+def users_stacklevel(default: int = 2) -> int:
+    """The ``stacklevel`` for ``warnings.warn``, called by the caller of this function,
+    that points at the user's line: the innermost frame outside autolog and the frameworks
+    it hooks into. ``default`` where there is none (a warning of autolog's writer thread)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").partition(".")[0] not in _NOT_THE_USERS:
+            return level
+        frame, level = frame.f_back, level + 1
+    return default
+
+
+def warn(message: str) -> None:
+    """An autolog warning that ``silent=True`` hides (failed writes are never hidden),
+    pointing at the user's line."""
     if not settings.silent:
-        warnings.warn(message, AutologWarning, stacklevel=stacklevel + 1)
+        warnings.warn(message, AutologWarning, stacklevel=users_stacklevel())

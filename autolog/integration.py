@@ -206,12 +206,12 @@ class Integration:
         if status == "older":
             if tell:
                 warn(f"autolog: {package} {version} is older than the {self.name} integration "
-                     f"supports ({self.supported}); not autologging it", stacklevel=2)
+                     f"supports ({self.supported}); not autologging it")
             return
         if tell:
             warn(f"autolog: {package} {version} is newer than the releases the "
                  f"{self.name} integration is tested on ({self.supported}); autologging it "
-                 "all the same", stacklevel=2)
+                 "all the same")
         self._run_probes(module, version)
         with self.guard():
             self.patch(module)
@@ -228,7 +228,7 @@ class Integration:
                 message = (f"autolog ({self.name}): {module.__name__} {version} has no "
                            f"{probe.internal}; {probe.feature} not logged (the rest is)")
                 self.features_off[probe.feature] = message
-                warn(message, stacklevel=3)
+                warn(message)
 
     def disable(self) -> None:
         self.enabled = False
@@ -317,7 +317,7 @@ def _env_disabled(integrations: dict[str, Integration]) -> list[str]:
     names = [n.strip() for n in os.environ.get("AUTOLOG_DISABLE", "").split(",") if n.strip()]
     unknown = [n for n in names if n not in integrations]
     if unknown:
-        warn(f"AUTOLOG_DISABLE names unknown integration(s): {', '.join(unknown)}", stacklevel=4)
+        warn(f"AUTOLOG_DISABLE names unknown integration(s): {', '.join(unknown)}")
     return [n for n in names if n in integrations]
 
 

@@ -23,6 +23,8 @@ from typing import Any
 from autolog.config import check_on_conflict, warn
 from autolog.validation import MAX_PARAM_VALUE_LENGTH, check_param_key, check_param_value
 
+TRUNCATION_MARK = "..."  # what MLflow's autolog appends to a param value it cuts
+
 MANUAL = "manual"
 
 
@@ -178,8 +180,7 @@ class ParamLedger:
                     key, stored, canon = self._prepare(key, value, truncate=True)
                 except ValueError as exc:
                     warn(
-                        f"autolog ({integration}): skipped param: {exc}", stacklevel=2
-                    )
+                        f"autolog ({integration}): skipped param: {exc}")
                     continue
                 admitted_key = self._admit_autolog(key, stored, canon, integration, source)
                 if admitted_key is not None:
@@ -200,8 +201,7 @@ class ParamLedger:
         if self.on_conflict == "skip":
             warn(
                 f"autolog: param {key!r}={stored!r} from {source} skipped: the run already has "
-                f"{existing.stored!r} from {existing.source}", stacklevel=4,
-            )
+                f"{existing.stored!r} from {existing.source}")
             return None
         namespaced = f"{integration}.{key}"
         other = self._entries.get(namespaced)
@@ -209,13 +209,11 @@ class ParamLedger:
             if not equivalent(other.canonical, canon):
                 warn(
                     f"autolog: param {key!r}={stored!r} from {source} skipped: both {key!r} "
-                    f"and {namespaced!r} already hold other values", stacklevel=4,
-                )
+                    f"and {namespaced!r} already hold other values")
             return None
         warn(
             f"autolog: param {key!r} is {existing.stored!r} (from {existing.source}); the "
-            f"value {stored!r} from {source} is logged as {namespaced!r}", stacklevel=4,
-        )
+            f"value {stored!r} from {source} is logged as {namespaced!r}")
         return namespaced
 
     @staticmethod
@@ -225,9 +223,9 @@ class ParamLedger:
         if truncate and len(stored) > MAX_PARAM_VALUE_LENGTH:
             warn(
                 f"autolog: param {key!r} value ({len(stored)} characters) truncated to "
-                f"{MAX_PARAM_VALUE_LENGTH}", stacklevel=4,
-            )
-            stored = check_param_value(key, stored[:MAX_PARAM_VALUE_LENGTH])
+                f"{MAX_PARAM_VALUE_LENGTH}, ending in '...' (as MLflow's autolog does)")
+            stored = stored[:MAX_PARAM_VALUE_LENGTH - len(TRUNCATION_MARK)] + TRUNCATION_MARK
+            stored = check_param_value(key, stored)
             return key, stored, canonical(stored)
         check_param_value(key, stored)
         return key, stored, canonical(value)

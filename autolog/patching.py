@@ -112,9 +112,7 @@ def guard(integration: str) -> Iterator[None]:
             _warned.add(key)
             warn(
                 f"autolog ({integration}) hit an internal error and skipped some logging; your "
-                f"call was not affected: {type(exc).__name__}: {exc}",
-                stacklevel=3,
-            )
+                f"call was not affected: {type(exc).__name__}: {exc}")
 
 
 # The integration whose patched call each thread is inside, by thread ident; a thread that

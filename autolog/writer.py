@@ -51,7 +51,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autolog.config import AutologWarning, env_float
+from autolog.config import AutologWarning, env_float, users_stacklevel
 from autolog.stores.base import ParamRefusedError, RunNotFoundError
 from autolog.validation import to_floats
 
@@ -130,7 +130,7 @@ class Writer:
                 return False
             if wrote and self._failing.pop(id(run), None) is not None:
                 warnings.warn(f"autolog: writing run {run.id} to {run.store.uri} works again",
-                              AutologWarning, stacklevel=2)
+                              AutologWarning, stacklevel=users_stacklevel())
             return True
         finally:
             self._io_lock.release()
@@ -388,7 +388,7 @@ class Fallback:
 
 def _warn(message: str) -> None:
     """A failed write: never hidden by ``silent=True``."""
-    warnings.warn(f"autolog: {message}", AutologWarning, stacklevel=3)
+    warnings.warn(f"autolog: {message}", AutologWarning, stacklevel=users_stacklevel(3))
 
 
 def _take(queue: deque, limit: int) -> list:
@@ -441,7 +441,7 @@ def _convert(batch: list) -> list:
     for (key, value, timestamp, step), number in zip(batch, to_floats([row[1] for row in batch])):
         if number is None:
             warnings.warn(f"autolog: metric {key!r} at step {step} dropped: {value!r} could not "
-                          "be read as a number", AutologWarning, stacklevel=2)
+                          "be read as a number", AutologWarning, stacklevel=users_stacklevel())
         else:
             rows.append((key, number, timestamp, step))
     return rows

@@ -110,7 +110,8 @@ def test_bad_autolog_key_is_skipped_and_long_value_truncated():
     ledger = ParamLedger()
     with pytest.warns(autolog.AutologWarning) as warned:
         sent = ledger.record_autolog({"bad key!": 1, "long": "x" * 7000, "ok": 2}, "x", "t:1")
-    assert sent["ok"] == "2" and len(sent["long"]) == 6000 and "bad key!" not in sent
+    assert sent["ok"] == "2" and "bad key!" not in sent
+    assert sent["long"] == "x" * 5997 + "..."  # as MLflow's autolog cuts it: it looks cut
     assert len(warned) == 2
 
 

@@ -666,3 +666,18 @@ print(run.tags["estimator_name"], len(run.metrics))
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                          timeout=120, check=True)
     assert out.stdout.split() == ["LogisticRegression", "7"]
+
+
+def test_a_param_too_long_is_cut_visibly_and_the_warning_points_at_the_fit(store_uri):
+    """KMeans with an ndarray ``init``: its repr is over 6,000 characters. MLflow keeps
+    5,997 and appends '...', so a reader can tell; the warning names the user's line."""
+    from sklearn.cluster import KMeans
+
+    X = np.random.default_rng(0).normal(size=(300, 30))  # init: 900 numbers, printed in full
+    autolog.autolog()
+    with pytest.warns(autolog.AutologWarning, match="'init' value .* truncated") as warned:
+        KMeans(n_clusters=30, init=X[:30], n_init=1).fit(X); line = sys._getframe().f_lineno  # noqa: E702
+    (warning,) = [w for w in warned if "truncated" in str(w.message)]
+    assert (warning.filename, warning.lineno) == (__file__, line)
+    (run,) = autolog.search_runs()
+    assert len(run.params["init"]) == 6000 and run.params["init"].endswith("...")

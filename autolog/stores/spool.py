@@ -66,7 +66,7 @@ from operator import itemgetter
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from autolog.config import AutologWarning, env_float
+from autolog.config import AutologWarning, env_float, users_stacklevel
 from autolog.stores.base import (
     RUNNING,
     Experiment,
@@ -154,7 +154,7 @@ def _retry_later(exc: BaseException) -> bool:
 
 
 def _warn(message: str) -> None:
-    warnings.warn(f"autolog: {message}", AutologWarning, stacklevel=3)
+    warnings.warn(f"autolog: {message}", AutologWarning, stacklevel=users_stacklevel(3))
 
 
 def _warn_from_thread(message: str) -> None:
