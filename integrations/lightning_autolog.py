@@ -152,6 +152,7 @@ class LightningIntegration(Integration):
         self.patcher.wrap(trainer, "fit", functools.partial(self._on_fit, module))
         for name in ("validate", "test"):
             self.patcher.wrap(trainer, name, self._on_evaluate)
+        self.patcher.wrap(trainer, "predict", self._on_predict)
 
     def unpatch(self) -> None:
         self._axes = weakref.WeakKeyDictionary()
@@ -216,6 +217,13 @@ class LightningIntegration(Integration):
         run.log_autolog_params(params, self.name)
 
     # -- validate / test --------------------------------------------------------------------
+
+    def _on_predict(self, wrapped, trainer, args, kwargs):
+        """Nothing to log, as with MLflow; held so that the torch integration stays silent
+        too (Lightning's TensorBoard logger writes a placeholder ``hp_metric`` through
+        SummaryWriter, which would start a run of its own)."""
+        with outermost(self.name):
+            return wrapped(*args, **kwargs)
 
     def _on_evaluate(self, wrapped, trainer, args, kwargs):
         with outermost(self.name) as outer:

@@ -12,6 +12,7 @@ import torch
 from autolog_integrations import lightning_autolog
 from test_torch import Fault, OpsOnThisThread, approx_points, count_syncs, history
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.tensorboard import SummaryWriter
 
 import autolog
 from autolog.patching import current_owner
@@ -331,8 +332,9 @@ def test_a_value_set_as_an_epoch_starts_is_logged_at_that_epoch(L, tmp_path):  #
 
 
 def test_a_stray_predict_never_absorbs_the_next_fit(pl, tmp_path):
-    """Lightning's default TensorBoard logger writes ``hp_metric`` through SummaryWriter in
-    a ``predict`` outside any fit: the torch integration's run for it must not take in the
+    """A ``predict`` outside any fit starts no run, though Lightning's TensorBoard logger
+    writes a placeholder ``hp_metric`` through SummaryWriter in it; and a run the torch
+    integration leaves open (a SummaryWriter call outside any fit) never takes in the
     separate fit that follows."""
     autolog.autolog()
 
@@ -341,15 +343,17 @@ def test_a_stray_predict_never_absorbs_the_next_fit(pl, tmp_path):
 
     model = regressor(pl, predict_step=predict_step)
     trainer(pl, tmp_path, logger=True).predict(model(), loader())
+    assert autolog.active_run() is None and autolog.search_runs() == []  # nothing to log
+    with SummaryWriter(str(tmp_path / "tb")) as writer:
+        writer.add_scalar("stray", 1.0)  # a run that stays open: the torch integration's
     stray = autolog.active_run()
-    assert stray is not None  # the torch integration's run for hp_metric
     trainer(pl, tmp_path, logger=True).fit(model(), loader())
     assert autolog.active_run() is None
     runs = {run.info.run_id: run for run in autolog.search_runs()}
     assert len(runs) == 2
     first = runs.pop(stray.id)
     (fit_run,) = runs.values()
-    assert first.status == "FINISHED" and set(first.metrics) == {"hp_metric"}
+    assert first.status == "FINISHED" and set(first.metrics) == {"stray"}
     assert first.tags["autolog.integration"] == "torch" and not first.params
     assert fit_run.status == "FINISHED" and fit_run.tags["autolog.integration"] == "lightning"
     assert {"train_loss", "lr"} <= set(fit_run.metrics) and fit_run.params["optimizer_name"] == "SGD"
@@ -501,7 +505,7 @@ def test_in_strict_mode_a_fault_in_the_callback_raises(pl, tmp_path, monkeypatch
 
 
 def test_disable_restores_the_exact_originals(L, tmp_path):
-    names = ("fit", "validate", "test")
+    names = ("fit", "validate", "test", "predict")
     originals = {name: vars(L.Trainer)[name] for name in names}
     autolog.autolog()
     assert all(vars(L.Trainer)[name] is not originals[name] for name in names)
