@@ -186,12 +186,19 @@ def test_a_server_asking_to_come_back_in_an_hour_is_retried_within_the_cap(http_
 def test_retry_after_never_outlasts_the_call_deadline(http_server, monkeypatch):
     """`autolog sync` against a server that always says "in an hour" ends each call at the
     deadline (with Retry-After obeyed, capped, in between), not hours later."""
-    monkeypatch.setenv("AUTOLOG_HTTP_TIMEOUT", "1")
+    monkeypatch.setenv("AUTOLOG_HTTP_TIMEOUT", "2")
     http_server.script = [(503, {"Retry-After": "3600"}, b'{"error_code": "UNAVAILABLE"}')] * 10
-    with pytest.raises(MlflowRestError) as busy:
+    started = time.monotonic()
+    with pytest.raises(StoreError) as busy:
         MlflowRestClient(http_server.uri).update_run("abc", "FINISHED", 5)
-    assert busy.value.status == 503 and busy.value.retry_later
-    assert len(http_server.seen) == 2  # the wait before the second took the rest of the second
+    assert time.monotonic() - started < 10  # not an hour, nor the 30 s cap
+    # The wait before the second request took the rest of the deadline: that request ends
+    # with the 503 or, on a loaded machine, at the deadline itself; either is "later".
+    assert 1 <= len(http_server.seen) <= 2
+    if isinstance(busy.value, MlflowRestError):
+        assert busy.value.status == 503 and busy.value.retry_later
+    else:
+        assert isinstance(busy.value, ServerUnreachableError)
 
 
 @pytest.mark.timeout(60)
