@@ -33,8 +33,7 @@ import inspect
 import os
 import sys
 import threading
-import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import FunctionType, ModuleType
 from typing import Any, ClassVar, NamedTuple
 
@@ -42,17 +41,12 @@ import wrapt
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from autolog import lifecycle
 from autolog.config import warn
 from autolog.patching import Patcher, guard
-from autolog.run import Run, active_run, own_run
-from autolog.stores.base import FAILED, FINISHED, KILLED
+from autolog.run import Run
 
 ENTRY_POINT_GROUP = "autolog.integrations"
-INTEGRATION_TAG = "autolog.integration"
-_fit_runs: weakref.WeakSet[Run] = weakref.WeakSet()  # the runs fit_run() created
-# Runs started for logging that has no end of its own (a plain PyTorch loop, a
-# SummaryWriter call): they stay active after the call that started them.
-_lingering: weakref.WeakSet[Run] = weakref.WeakSet()
 
 
 class Probe(NamedTuple):
@@ -126,54 +120,15 @@ class Integration:
         time) and keep the bool: nothing per step."""
         return feature not in self.features_off
 
-    @contextlib.contextmanager
-    def fit_run(self) -> Iterator[Run | None]:
-        """The run a fit logs into: the active run (left open), or a new one tagged
-        ``autolog.integration=<name>`` that ends FINISHED, FAILED if the fit raised, or
-        KILLED on Ctrl-C. Yields None if autolog could not start a run (one warning).
-
-        A run that a fit in another thread created is not joined: two fits in two threads,
-        with no run of the user's, get a run each. Nor is a lingering run (see
-        :meth:`lingering_run`): it ends FINISHED here, and the fit gets a run of its own."""
-        run = active_run()
-        if run is not None and run in _lingering:
-            _lingering.discard(run)
-            self._end(run, FINISHED)
-            run = active_run()
-        if run is not None and (run not in _fit_runs or run is own_run()):
-            yield run
-            return
-        from autolog.api import start_run  # api imports this module lazily too
-
-        created = None
-        with self.guard():
-            created = start_run(tags={INTEGRATION_TAG: self.name})
-            _fit_runs.add(created)
-        try:
-            yield created
-        except KeyboardInterrupt:
-            self._end(created, KILLED)
-            raise
-        except BaseException:
-            self._end(created, FAILED)
-            raise
-        self._end(created, FINISHED)
+    def fit_run(self) -> contextlib.AbstractContextManager[Run | None]:
+        """The run a fit logs into: the active run, or one of its own (see
+        :func:`autolog.lifecycle.fit_run`)."""
+        return lifecycle.fit_run(self.name, self.guard)
 
     def lingering_run(self) -> Run:
-        """A new run for logging that has no end of its own (a plain PyTorch loop, a
-        SummaryWriter call outside any fit): it stays the active run until
-        ``autolog.end_run()``, the process's exit, or the next fit, which ends it FINISHED
-        rather than logging into it."""
-        from autolog.api import start_run
-
-        run = start_run(tags={INTEGRATION_TAG: self.name})
-        _lingering.add(run)
-        return run
-
-    def _end(self, run: Run | None, status: str) -> None:
-        if run is not None:
-            with self.guard():
-                run.end(status)
+        """A new run that stays active after the call that started it (see
+        :func:`autolog.lifecycle.lingering_run`)."""
+        return lifecycle.lingering_run(self.name)
 
     # -- lifecycle (the registry calls these) -------------------------------------------------
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import threading
 import types
 from collections.abc import Callable, Iterator
@@ -142,14 +141,13 @@ def outermost(integration: str) -> Iterator[bool]:
         _owners.pop(ident, None)  # the entry this block made, whichever thread closes it
 
 
-def _keep_own_entry_after_fork() -> None:
+def after_fork_in_child() -> None:
     """A forked child has only the forking thread: other threads' entries would outlive
-    them, and silence a new thread of the child that got the same ident."""
+    them, and silence a new thread of the child that got the same ident (called by
+    :mod:`autolog.lifecycle`)."""
     ident = threading.get_ident()
     own = _owners.get(ident)
     _owners.clear()
     if own is not None:
         _owners[ident] = own
 
-
-os.register_at_fork(after_in_child=_keep_own_entry_after_fork)

@@ -8,11 +8,8 @@ on the training thread.
 Past ``HIGH_WATER_POINTS`` queued points a logging call hands over to the writer, which
 makes it wait a bounded time (``AUTOLOG_BACKPRESSURE_WAIT``, see :mod:`autolog.writer`).
 
-Ending: a run ends when ``end()`` is called, when the interpreter exits (FINISHED, or
-FAILED after an uncaught exception), or on SIGTERM (KILLED): the first run started from
-the main thread installs a SIGTERM handler that ends the open runs, writes what is
-pending within the exit timeout (spooling the rest, as at exit), then chains to the
-handler that was there before (the default one terminates the process as SIGTERM would).
+How a run ends is :func:`ended_status`'s rule; who ends runs, and when, is
+:mod:`autolog.lifecycle`'s.
 
 Which run is active: each thread has a stack of the runs it started; a thread that has
 started none sees the stack of the thread that started the first run still open (so a
@@ -22,7 +19,6 @@ run started in the main thread is the active run of DataLoader or worker threads
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 import time
@@ -39,7 +35,7 @@ from autolog.validation import (
     check_timestamp_ms,
     metric_value_kind,
 )
-from autolog.writer import get_writer, shutdown
+from autolog.writer import get_writer
 
 HIGH_WATER_POINTS = 250_000  # past this many queued points, back-pressure (bounded memory)
 
@@ -221,11 +217,16 @@ class Run:
             raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
         if self.final_status is not None:
             return
+        self.mark_ended(status)
+        self._writer.finish(self)
+
+    def mark_ended(self, status: str) -> None:
+        """End the run here (no longer active, a late ``log_metric`` raises) and leave
+        writing its data and status to the writer."""
         _context.remove(self)
         self._close_queues()
         self.end_time = int(_time() * 1000)
         self.final_status = status
-        self._writer.finish(self)
 
     def _close_queues(self) -> None:
         """Swap in queues that refuse new points, and move what is pending into them
@@ -248,12 +249,7 @@ class Run:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.end(FINISHED)
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.end(KILLED)
-        else:
-            self.end(FAILED)
+        self.end(ended_status(exc_type))
 
     # -- writer support -------------------------------------------------------------------
 
@@ -316,7 +312,6 @@ class _RunContext:
 
 
 _context = _RunContext()
-os.register_at_fork(after_in_child=_context.after_fork_in_child)
 
 
 # The run that logging calls from this thread go to (see the module doc); a bound method,
@@ -331,80 +326,18 @@ def own_run() -> Run | None:
 
 
 def push(run: Run) -> None:
-    if not _uncaught_hook_installed:
-        _install_excepthook()
-    if not _sigterm_handler_installed:
-        _install_sigterm_handler()
     _context.push(run)
 
 
-_uncaught: list[BaseException] = []
-_uncaught_hook_installed = False
+def after_fork_in_child() -> None:
+    """The forked child's run context gets a fresh lock (see :mod:`autolog.lifecycle`)."""
+    _context.after_fork_in_child()
 
 
-def _note_uncaught(exc_type, exc, tb):
-    _uncaught.append(exc)
-    _previous_excepthook(exc_type, exc, tb)
-
-
-_previous_excepthook = sys.excepthook
-
-
-def _install_excepthook() -> None:
-    """Chain ``sys.excepthook`` so runs open at a crash end FAILED, not FINISHED."""
-    global _uncaught_hook_installed, _previous_excepthook
-    _previous_excepthook = sys.excepthook
-    sys.excepthook = _note_uncaught
-    _uncaught_hook_installed = True
-
-
-_sigterm_handler_installed = False
-_previous_sigterm: Any = signal.SIG_DFL
-
-
-def _install_sigterm_handler() -> None:
-    """Chain SIGTERM (see the module doc). Only the main thread may set a handler: a run
-    started elsewhere leaves it to the next run the main thread starts."""
-    global _sigterm_handler_installed, _previous_sigterm
-    if threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    _sigterm_handler_installed = True
-    if previous is signal.SIG_IGN:  # the process is meant to outlive SIGTERM
-        return
-    _previous_sigterm = previous
-    signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    # In a thread of its own: the main thread, interrupted here, may hold a lock the
-    # shutdown needs (the run context's, the spool's); then the wait below is what ends.
-    writer = get_writer()
-    worker = threading.Thread(target=shutdown, args=(KILLED,), name="autolog-sigterm",
-                              daemon=True)
-    worker.start()
-    worker.join(2 * writer.exit_timeout + writer.end_timeout)
-    previous = _previous_sigterm
-    if callable(previous):
-        previous(signum, frame)
-        return
-    # SIG_DFL, or a handler not set from Python (None): die of SIGTERM, as without us.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def end_runs_at_exit(status: str | None = None) -> None:
-    """Mark the runs still open ``status``, by default FINISHED, KILLED after an uncaught
-    Ctrl-C (KeyboardInterrupt), FAILED after another uncaught exception; the writer then
-    writes them. A forked child never ends the runs it inherited."""
-    if status is None:
-        if not _uncaught:
-            status = FINISHED
-        else:
-            status = KILLED if isinstance(_uncaught[-1], KeyboardInterrupt) else FAILED
-    for run in get_writer().pending_runs():
-        if run.final_status is None and run.owner_pid == os.getpid():
-            _context.remove(run)
-            run._close_queues()
-            run.end_time = int(_time() * 1000)
-            run.final_status = status
+def ended_status(exc_type: type[BaseException] | None) -> str:
+    """How a run ends when its block (a ``with``, a fit) ended with ``exc_type``: FINISHED
+    when it returned, KILLED after Ctrl-C (KeyboardInterrupt), FAILED after anything
+    else."""
+    if exc_type is None:
+        return FINISHED
+    return KILLED if issubclass(exc_type, KeyboardInterrupt) else FAILED

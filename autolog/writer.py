@@ -40,10 +40,7 @@ but never ends them.
 
 from __future__ import annotations
 
-import atexit
-import os
 import sqlite3
-import sys
 import threading
 import time
 import warnings
@@ -452,31 +449,3 @@ _writer = Writer()
 
 def get_writer() -> Writer:
     return _writer
-
-
-_shut_down = False
-
-
-def shutdown(status: str | None = None) -> None:
-    """End open runs (``status``: see :func:`autolog.run.end_runs_at_exit`), give the
-    writer its bounded time, spool what the stores did not take, then close the stores (a
-    remote store's close drains its spool within the same limit). Runs at interpreter
-    exit, or first at SIGTERM (then at exit it does nothing)."""
-    global _shut_down
-    from autolog import run as run_module  # the module imports this one
-    from autolog.stores import close_all
-
-    if _shut_down:
-        return
-    _shut_down = True
-    run_module.end_runs_at_exit(status)
-    left = _writer.close()
-    lines = _writer.keep_at_exit(left)
-    _writer.fallback.close()
-    for line in lines:
-        print(f"autolog: {line}", file=sys.stderr, flush=True)
-    close_all()
-
-
-atexit.register(shutdown)
-os.register_at_fork(after_in_child=_writer.after_fork_in_child)

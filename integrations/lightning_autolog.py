@@ -64,11 +64,12 @@ from typing import Any
 
 from autolog_integrations.torch_autolog import LR, metric_key, optimizer_params, prefixed
 
+from autolog import lifecycle
 from autolog.config import warn
 from autolog.integration import Integration, Probe, assigns
+from autolog.lifecycle import KILLED
 from autolog.patching import current_owner, guard, outermost
 from autolog.run import Run, active_run
-from autolog.stores.base import FAILED, FINISHED, KILLED
 
 TRAINER_SETTINGS = (
     "max_steps", "min_epochs", "min_steps", "precision", "accumulate_grad_batches",
@@ -190,7 +191,8 @@ class LightningIntegration(Integration):
                     result = wrapped(*args, **kwargs)
                 except SystemExit as exc:  # Lightning turns Ctrl-C into sys.exit(1)
                     if created and isinstance(exc.__context__, KeyboardInterrupt):
-                        self._end(run, KILLED)
+                        with self.guard():
+                            run.end(KILLED)
                     raise
                 finally:
                     if callback is not None:
@@ -246,23 +248,14 @@ class LightningIntegration(Integration):
         run_id = self._fit_runs.get(trainer)
         resumed = None
         if run_id is not None and active_run() is None:
-            from autolog.api import start_run
-
             with self.guard():
-                resumed = start_run(run_id=run_id)
+                resumed = lifecycle.start_run(run_id=run_id)
         if resumed is None:
             with self.fit_run() as run:
                 yield run
             return
-        try:
+        with lifecycle.ended_with_block(resumed, self.guard):
             yield resumed
-        except KeyboardInterrupt:
-            self._end(resumed, KILLED)
-            raise
-        except BaseException:
-            self._end(resumed, FAILED)
-            raise
-        self._end(resumed, FINISHED)
 
 
 # -- params -------------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ import wrapt
 from autolog_integrations import _sklearn_post_training as post_training
 from autolog_integrations._sklearn_metrics import training_metrics
 
-from autolog.integration import INTEGRATION_TAG, Integration, Probe
+from autolog.integration import Integration, Probe
+from autolog.lifecycle import INTEGRATION_TAG, start_run
 from autolog.patching import current_owner, outermost
 from autolog.run import Run
 
@@ -306,8 +307,6 @@ class SklearnIntegration(Integration):
     def _log_candidates(self, search: Any) -> None:
         import numpy as np
 
-        from autolog.api import start_run
-
         results = search.cv_results_
         rows = range(len(results["params"]))
         limit = self.options["max_tuning_runs"]
@@ -323,15 +322,12 @@ class SklearnIntegration(Integration):
         tags = {INTEGRATION_TAG: self.name, **_estimator_tags(seed)}
         columns = [key for key in results if not key.startswith(("param", "split"))]
         for row in rows:  # nested under the active run, the fit's, in its experiment
-            child = start_run(nested=True, tags=tags)
-            try:
+            with start_run(nested=True, tags=tags) as child:  # ends FAILED if this raises
                 child.log_autolog_params({**base, **results["params"][row]}, self.name)
                 for key in columns:
                     value = results[key][row]
                     if isinstance(value, Number) and not isinstance(value, bool):
                         child.log_metric(key, value)
-            finally:
-                child.end()
 
 
 def _on_parallel_call(wrapped, instance, args, kwargs):

@@ -154,7 +154,7 @@ def test_ownership_is_per_thread_and_a_forked_child_keeps_only_its_own(monkeypat
         other.start()
         other.join()
         monkeypatch.setitem(patching._owners, -1, "xgboost")  # a thread the child won't have
-        patching._keep_own_entry_after_fork()  # what a forked child runs
+        patching.after_fork_in_child()  # what a forked child runs
         assert patching._owners == {threading.get_ident(): "sklearn"}
     assert seen_in_other_thread == [None]
     assert current_owner() is None and patching._owners == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 from autolog.stores.base import Store, StoreError
@@ -52,3 +53,12 @@ def close_all() -> None:
         for store in {id(store): store for store in _open.values()}.values():
             store.close()
         _open.clear()
+
+
+def after_fork_in_child() -> None:
+    """Reset what the open stores hold per process (see :mod:`autolog.lifecycle`). Only a
+    server store holds anything (its spool and sender); its module is imported only for an
+    ``http(s)://`` URI."""
+    spool = sys.modules.get(f"{__name__}.spool")
+    if spool is not None:
+        spool.after_fork_in_child()

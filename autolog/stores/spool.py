@@ -1062,12 +1062,11 @@ class SpoolStore:
 _stores: weakref.WeakSet[SpoolStore] = weakref.WeakSet()
 
 
-def _after_fork_in_child() -> None:
+def after_fork_in_child() -> None:
+    """Each server store of the parent gets its own spool and sender in the child (called
+    through :func:`autolog.stores.after_fork_in_child`)."""
     for store in list(_stores):
         store.after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass
