@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import re
 import shutil
 import socket
@@ -144,6 +145,79 @@ def test_sync_dry_run_shows_what_would_go_where_and_sends_nothing(
     assert scripted_server.seen == []
     usage = CliRunner().invoke(main, ["sync", "--dry-run", "--from", unused_uri, "--to", "x"])
     assert usage.exit_code == 2 and "--dry-run" in usage.output
+
+
+class SlowMlflow(http.server.BaseHTTPRequestHandler):
+    """Answers the few calls the sender makes as MLflow would, each log-batch after
+    ``LOG_BATCH_S``; counts the metric points it was sent in ``server.points``."""
+
+    LOG_BATCH_S = 0.05
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self._answer()
+
+    def do_POST(self):  # noqa: N802
+        self._answer()
+
+    def _answer(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        path = self.path.split("?")[0].rsplit("/mlflow/", 1)[-1]
+        answer: dict = {}
+        if path.startswith("experiments/get"):
+            answer = {"experiment": {"experiment_id": "1", "name": "recovery/exit"}}
+        elif path == "runs/create":
+            answer = {"run": {"info": {"run_id": "r1", "experiment_id": "1"}}}
+        elif path == "runs/log-batch":
+            self.server.points += len(json.loads(body).get("metrics", ()))
+            time.sleep(self.LOG_BATCH_S)
+        payload = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+POINTS_AT_EXIT = 20_000  # 20 requests of 1,000: more than the exit waits for
+
+
+def test_a_backlog_cut_short_at_exit_is_never_said_to_be_sent(unused_uri, capsys, monkeypatch):
+    """The server comes back just before exit and takes the backlog slower than the exit
+    waits: the sender stops half-way. It must not say "the spooled data was sent"; the exit
+    line counts what is left, and what the server got plus what is left is all of it."""
+    autolog.set_tracking_uri(unused_uri)
+    with pytest.warns(autolog.AutologWarning, match="started offline"):
+        with autolog.start_run(experiment="recovery/exit"):
+            for step in range(POINTS_AT_EXIT):
+                autolog.log_metric("loss", float(step), step=step)
+                if step % 100 == 99:
+                    autolog.flush()
+    port = int(unused_uri.rsplit(":", 1)[1])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), SlowMlflow)
+    server.points = 0
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AUTOLOG_EXIT_TIMEOUT", "0.5")
+    try:
+        senders = [t for t in threading.enumerate() if t.name == "autolog-spool-sender"]
+        with recorded_warnings() as seen:
+            close_all()
+            for sender in senders:  # what it says after the exit line counts too
+                sender.join(10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    said = messages(seen)
+    err = capsys.readouterr().err
+    left = re.search(r"not sent to \S+ within [\d.]+ s, kept in \S+: ([\d,]+) metric points", err)
+    assert left is not None, err
+    left_points = int(left[1].replace(",", ""))
+    assert "the spooled data was sent" not in said
+    assert server.points > 0 and left_points > 0
+    # a request abandoned in flight at exit is counted by both (sent again by sync)
+    assert POINTS_AT_EXIT <= server.points + left_points <= POINTS_AT_EXIT + 1000
 
 
 # -- a misconfiguration is a clear error at start_run, not an offline run -------------------
