@@ -219,8 +219,11 @@ def experiments_list(tracking_uri: str | None, as_json: bool) -> None:
 @click.option("--spool-dir", type=click.Path(file_okay=False, path_type=Path),
               envvar="AUTOLOG_SPOOL_DIR", default=None,
               help="Spools to send (default: $AUTOLOG_SPOOL_DIR, then ~/.autolog/spool).")
+@click.option("--dry-run", is_flag=True,
+              help="Show what each spool would send where (runs, points, batches, damaged "
+              "or unsendable ones); send nothing.")
 def sync_command(spools: tuple[Path, ...], source: str | None, dest: str | None,
-                 experiments: tuple[str, ...], spool_dir: Path | None) -> None:
+                 experiments: tuple[str, ...], spool_dir: Path | None, dry_run: bool) -> None:
     """Send what spools hold to their MLflow servers, or copy runs between two stores.
 
     Without --from: send every spool (or the SPOOLS named) that no running process holds
@@ -229,7 +232,7 @@ def sync_command(spools: tuple[Path, ...], source: str | None, dest: str | None,
     server ($AUTOLOG_TRACKING_URI, then $MLFLOW_TRACKING_URI); --to URI sends it there
     instead. With --from and --to: copy runs, experiments matched by name; running it
     again copies only what is new. Credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD
-    or MLFLOW_TRACKING_TOKEN. Exits 1 when anything was left unsent.
+    or MLFLOW_TRACKING_TOKEN. Exits 1 when anything was left unsent; --dry-run exits 0.
     """
     from autolog import sync
 
@@ -238,6 +241,9 @@ def sync_command(spools: tuple[Path, ...], source: str | None, dest: str | None,
             raise click.UsageError("--from and --to go together")
         if spools:
             raise click.UsageError("spool files go without --from")
+        if dry_run:
+            raise click.UsageError("--dry-run shows what spools would send; it goes without "
+                                   "--from")
         try:
             report = sync.copy_between(source, dest, experiments)
         except (StoreError, ValueError, OSError, sqlite3.Error) as exc:
@@ -250,6 +256,14 @@ def sync_command(spools: tuple[Path, ...], source: str | None, dest: str | None,
         raise click.UsageError("without --from, --to names the MLflow server to send spools "
                                "to: http(s)://host:port")
     directory = spool_dir or sync.default_spool_dir()
+    if dry_run:
+        plans = sync.plan_spools(directory, files=spools, to=dest,
+                                 configured=settings.resolved_tracking_uri())
+        if not plans:
+            click.echo(f"nothing to send: no spool in {directory}")
+        for plan in plans:
+            click.echo(_plan_lines(plan))
+        return
     outcomes = sync.send_spools(directory, files=spools, to=dest,
                                 configured=settings.resolved_tracking_uri())
     if not outcomes:
@@ -260,6 +274,27 @@ def sync_command(spools: tuple[Path, ...], source: str | None, dest: str | None,
         click.echo(_spool_line(outcome))
     if not all(outcome.complete for outcome in outcomes):
         sys.exit(1)
+
+
+def _plan_lines(plan) -> str:
+    """What ``sync --dry-run`` shows for one spool file: where, then one line per run."""
+    if plan.held:
+        return f"{plan.path.name}: skipped, {plan.problem}"
+    if plan.sent_to is None:
+        lines = [f"{plan.path}: would not be sent: {plan.problem}"]
+    else:
+        lines = [f"{plan.path}: would send to {plan.sent_to}"
+                 + (f" (recorded for {plan.uri})" if plan.sent_to != plan.uri else "")
+                 + (f" ({plan.problem})" if plan.problem else "")]
+    for run in plan.runs:
+        name = f" ({run.run_name})" if run.run_name else ""
+        created = ", created on the server first" if run.server_id is None else ""
+        ends = f", then ended {run.status}" if run.status else ""
+        lines.append(f"  run {run.run_key}{name}: {run.points:,} metric points in "
+                     f"{run.batches:,} batches{created}{ends}")
+    left = plan.backlog
+    lines.append(f"  in all: {left.describe() or 'nothing to send'}")
+    return "\n".join(lines)
 
 
 def _spool_line(outcome) -> str:

@@ -36,7 +36,14 @@ from tqdm import tqdm
 from autolog.stores import open_store
 from autolog.stores.base import Experiment, MetricRow, RunRecord, Store, StoreError
 from autolog.stores.mlflow_rest import HISTORY_PAGE_SIZE, MlflowRestClient
-from autolog.stores.spool import SpoolOutcome, default_spool_dir, send_spool_file, spool_files
+from autolog.stores.spool import (
+    SpoolOutcome,
+    SpoolPlan,
+    default_spool_dir,
+    plan_spool_file,
+    send_spool_file,
+    spool_files,
+)
 from autolog.uris import redact_uri
 
 SOURCE_RUN_TAG = "autolog.source_run_id"
@@ -66,12 +73,21 @@ def send_spools(directory: Path | None = None, progress: bool | None = None, *,
             return tqdm(total=total, unit="point", desc=f"sending {name}",
                         leave=False, disable=None if progress is None else not progress)
 
-        def command(uri: str, path: Path = path) -> str:
-            return f"autolog sync --to {shlex.quote(uri)} {shlex.quote(str(path))}"
-
         outcomes.append(send_spool_file(path, bar, to=to, configured=configured,
-                                        command=command))
+                                        command=_command_for(path)))
     return outcomes
+
+
+def plan_spools(directory: Path | None = None, *, files: Sequence[Path] = (),
+                to: str | None = None, configured: str | None = None) -> list[SpoolPlan]:
+    """What :func:`send_spools` would do with the same arguments, doing none of it."""
+    return [plan_spool_file(path, to=to, configured=configured, command=_command_for(path))
+            for path in files or spool_files(directory or default_spool_dir())]
+
+
+def _command_for(path: Path) -> Callable[[str], str]:
+    """The command that sends the spool at ``path`` to a given server."""
+    return lambda uri: f"autolog sync --to {shlex.quote(uri)} {shlex.quote(str(path))}"
 
 
 # -- copying ------------------------------------------------------------------------------

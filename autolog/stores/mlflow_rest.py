@@ -15,8 +15,12 @@ below requests: each connection arms a timer when it sends a request that shuts 
 socket down at the deadline (a blocked read then ends at once), and the ``Retry`` allows no
 retry, nor a wait before one, past it. A ``Retry-After`` is obeyed up to 30 s.
 
-An answer that is not MLflow's (a proxy's HTML login page, ``{}`` where a run was due) is
-:class:`NotMlflowServerError` naming the URI, and 401/403 says to check the credentials.
+An answer that is not MLflow's (a proxy's HTML login page, ``{}`` where a run was due, an
+HTML 404 page of some other web server) is :class:`NotMlflowServerError` naming the URI,
+and 401/403 says to check the credentials. A host name that does not resolve and a TLS
+failure (``https://`` to an ``http://`` server, a certificate that fails verification)
+are :class:`MisconfiguredServerError`: what the user must fix, not an outage to wait out.
+Connection refused, resets and timeouts are :class:`ServerUnreachableError`.
 
 Authentication and TLS come from the variables MLflow users already set:
 ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (or ``user:password@`` in the
@@ -33,6 +37,7 @@ import json
 import math
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -117,8 +122,44 @@ class ServerUnreachableError(StoreError):
     """No answer from the server (connection refused, timeout, reset), after retries."""
 
 
-class NotMlflowServerError(StoreError):
-    """The server answered 200 with something that is not MLflow's JSON."""
+class MisconfiguredServerError(StoreError):
+    """The tracking URI cannot lead to an MLflow server as written (its host does not
+    resolve, TLS fails, or what answers is not MLflow): an error to fix, not an outage."""
+
+
+class NotMlflowServerError(MisconfiguredServerError):
+    """The server answered with something that is not MLflow's JSON."""
+
+
+# OpenSSL's reasons when what answers a TLS hello is not TLS (a plain http server); a TLS
+# connection cut short (EOF, reset) is an outage and keeps its ServerUnreachableError.
+_NOT_TLS_REASONS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL",
+                    "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST"}
+
+
+def _misconfiguration(exc: BaseException) -> str | None:
+    """What to check when a failed request shows a misconfiguration rather than an outage:
+    a host that does not exist (not a DNS server that does not answer now), or TLS."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, socket.gaierror) and error.errno in (
+                socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+            return "its host name does not resolve: check the host in the tracking URI"
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return ("TLS failed: the server's certificate fails verification; check "
+                    "MLFLOW_TRACKING_SERVER_CERT_PATH (the CA that signed it), or set "
+                    "MLFLOW_TRACKING_INSECURE_TLS=true to skip verification")
+        if isinstance(error, ssl.SSLError) and error.reason in _NOT_TLS_REASONS:
+            return ("TLS failed: the server does not speak TLS; check the scheme (http:// "
+                    "rather than https://?)")
+        pending.extend([error.__cause__, error.__context__, getattr(error, "reason", None),
+                        *(arg for arg in error.args if isinstance(arg, BaseException))])
+    return None
 
 
 # -- the per-call deadline ---------------------------------------------------------------
@@ -377,6 +418,11 @@ class MlflowRestClient:
                 raise ServerUnreachableError(self._redact(
                     f"{description}: no complete answer within {self._call_timeout:g} s "
                     f"(AUTOLOG_HTTP_TIMEOUT) ({type(exc).__name__}: {exc})")) from None
+            check = _misconfiguration(exc)
+            if check is not None:
+                raise MisconfiguredServerError(self._redact(
+                    f"{self.uri} cannot be an MLflow tracking server as written: {check} "
+                    f"({description}: {type(exc).__name__}: {exc})")) from None
             raise ServerUnreachableError(
                 self._redact(f"{description}: no answer ({type(exc).__name__}: {exc})")
             ) from None
@@ -394,12 +440,12 @@ class MlflowRestClient:
             raise self._not_mlflow(description, response.text)
         return answer
 
-    def _not_mlflow(self, description: str, text: str) -> NotMlflowServerError:
+    def _not_mlflow(self, description: str, text: str, status: int = 200) -> NotMlflowServerError:
         shown = " ".join(text.split())[:200]
         return NotMlflowServerError(self._redact(
             f"{self.uri} is not an MLflow tracking server (or not at this path): {description} "
-            f"answered HTTP 200 with {shown!r}, not MLflow's JSON. Check the tracking URI; a "
-            "proxy's login page means the credentials are missing"))
+            f"answered HTTP {status} with {shown!r}, not MLflow's JSON. Check the tracking URI; "
+            "a proxy's login page means the credentials are missing"))
 
     @contextlib.contextmanager
     def _parsing(self, description: str, answer: dict) -> Iterator[None]:
@@ -411,13 +457,21 @@ class MlflowRestClient:
             raise self._not_mlflow(description, json.dumps(answer)) from None
 
     def _error(self, endpoint: str, description: str,
-               response: requests.Response) -> MlflowRestError:
+               response: requests.Response) -> MlflowRestError | NotMlflowServerError:
+        """The error an answer other than 200 means. One that is not MLflow's JSON error
+        (an HTML 404 page, say) where MLflow would have sent one means another server
+        answers at this URI; an unavailable, overloaded or refusing server keeps its
+        status (a proxy's 502 page is an outage, not a misconfiguration)."""
         try:
             answer = response.json()
             error_code = str(answer.get("error_code", "UNKNOWN"))
             message = str(answer.get("message", ""))
-        except ValueError:
+        except (ValueError, AttributeError):
+            answer = None
             error_code, message = "UNKNOWN", response.text[:500]
+        if (response.status_code not in (*RETRY_STATUSES, *AUTH_STATUSES)
+                and not isinstance(answer, dict)):
+            return self._not_mlflow(description, response.text, response.status_code)
         message = self._redact(message)
         kind = MlflowRestError
         if error_code == RESOURCE_DOES_NOT_EXIST and endpoint.startswith(("runs/", "metrics/")):
@@ -444,6 +498,15 @@ class MlflowRestClient:
             token = answer.get("next_page_token")
             if not token:
                 return
+
+    def ping(self) -> None:
+        """One cheap request: returns when the server answers as MLflow does (an MLflow
+        error about experiment 0 included); raises when it cannot take data now."""
+        try:
+            self.call("GET", "experiments/get", query={"experiment_id": "0"})
+        except MlflowRestError as exc:
+            if exc.retry_later:
+                raise
 
     # -- experiments --------------------------------------------------------------------
 

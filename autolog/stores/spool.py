@@ -4,8 +4,11 @@ Every batch bound for the server is first committed to a SQLite file (WAL,
 ``synchronous=FULL``) and deleted only when the server has acknowledged it, so the
 writer, and the training loop behind it, never wait on the network, and a process that
 dies leaves its unsent data on disk. One sender thread per process ships the spool in
-order, one request per stored batch, and backs off (up to :data:`BACKOFF_MAX_S`) while
-the server does not answer.
+order, merging consecutive metric batches of a run into log-batch requests as large as
+the server takes (1,000 points, 1 MB). While the server does not answer, the thread asks
+it every :data:`PROBE_INTERVAL_S` at most, with one cheap request and no retries, so it
+notices the server's return within about a second and sends the backlog at once; a run
+that ended meanwhile is ended on the server right after its data.
 
 Replay is safe: a batch whose acknowledgement was lost is sent again, and MLflow stores
 an identical metric row once and accepts an identical param again.
@@ -60,7 +63,7 @@ import warnings
 import weakref
 import zlib
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -96,11 +99,12 @@ READABLE_VERSIONS = (1, 2)
 SUFFIX = ".spool"
 APPLICATION_ID = 0x616C6F67  # "alog": a spool file, not any SQLite file left in the directory
 BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 30.0
+BACKOFF_MAX_S = 30.0  # after a failure that is not an outage (a local error, say)
+PROBE_INTERVAL_S = 1.0  # while the server does not answer: how often to ask whether it is back
 IDLE_POLL_S = 1.0
 PROBE_CONNECT_TIMEOUT_S = 2.0  # starting a run: how long before it starts offline
 PROBE_READ_TIMEOUT_S = 10.0
-ROWS_PER_FETCH = 16
+ROWS_PER_FETCH = 128  # stored batches read at a time; the consecutive ones of a run merge
 SEARCH_EXPERIMENTS_PER_CALL = 100
 
 _SCHEMA = """
@@ -311,6 +315,18 @@ class Backlog:
         return "; ".join(parts)
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What sending a spool would do for one run (``autolog sync --dry-run``)."""
+
+    run_key: str
+    server_id: str | None  # None: started offline, created on the server first
+    run_name: str | None
+    batches: int
+    points: int  # metric points
+    status: str | None  # the status it would be ended with, if the spool holds one
+
+
 def _lock_file(path: Path) -> int | None:
     """An fd holding an exclusive ``flock`` on ``path`` (created if missing), or None when
     another process holds it. The kernel releases it when the holder dies, even by SIGKILL."""
@@ -446,6 +462,10 @@ class SpoolFile:
     def delete(self, seq: int) -> None:
         self._write([("DELETE FROM batches WHERE seq = ?", (seq,))])
 
+    def delete_many(self, seqs: Sequence[int]) -> None:
+        """Forget batches the server acknowledged together, in one transaction."""
+        self._write([("DELETE FROM batches WHERE seq = ?", (seq,)) for seq in seqs])
+
     def set_aside(self, seq: int, points: int) -> None:
         """A damaged batch: never sent, left in the file (which is then kept). Only this
         object knows: the row itself may be unreadable, so it is not written to."""
@@ -541,6 +561,34 @@ class SpoolFile:
             + ("" if run_key is None else " AND run_key = ?"), args)
         return batches + creations
 
+    def audit(self) -> list[RunPlan]:
+        """What sending would do, per run, sending nothing: every batch's checksum is
+        checked (a failing one is set aside, as sending would), then counted per run."""
+        statuses: dict[str, str] = {}
+        with self._mutex:
+            rows = self._conn.execute(
+                f"SELECT b.seq, b.run_key, b.kind, b.points, {self._crc} FROM batches b "
+                "WHERE b.error IS NULL ORDER BY b.seq").fetchall()
+            for seq, run_key, kind, points, crc in rows:
+                body = self._body(seq)
+                if body is None or (crc is not None and checksum(kind, points, body) != crc):
+                    self.set_aside(seq, points if kind == "metrics" else 0)
+                elif kind == "status":
+                    try:
+                        statuses[run_key] = str(json.loads(body)["status"])
+                    except UNSENDABLE:
+                        pass  # sending marks it unsendable; the plan names no status
+            intact, skip = self._intact()
+            runs = self._conn.execute(
+                "SELECT r.run_key, r.server_id, r.run_name, count(b.seq), "
+                "coalesce(sum(CASE WHEN b.kind = 'metrics' THEN b.points END), 0) "
+                "FROM runs r LEFT JOIN batches b ON b.run_key = r.run_key "
+                f"AND b.error IS NULL AND {intact} WHERE r.error IS NULL "
+                "GROUP BY r.run_key ORDER BY r.rowid", skip).fetchall()
+        return [RunPlan(key, server_id, name, batches, points, statuses.get(key))
+                for key, server_id, name, batches, points in runs
+                if batches or server_id is None]
+
     def backlog(self) -> Backlog:
         intact, skip = self._intact()
         with self._mutex:
@@ -627,19 +675,17 @@ class Sender:
                             "set aside, not sent; the file is kept")
             if not batches:
                 return
-            for batch in batches:
+            groups = list(merged(batches))
+            if len(batches) == ROWS_PER_FETCH and len(groups) > 1 and groups[-1][0].kind == "metrics":
+                groups.pop()  # may merge with what the next fetch reads first: sent then
+            for group in groups:
                 if stop():
                     return
-                try:
-                    handled = self._send(batch)
-                except UNSENDABLE as exc:  # decoding or encoding it fails: so would a retry
-                    self.spool.mark_failed(batch.seq, f"{UNSENDABLE_MARK}{type(exc).__name__}: {exc}")
-                    self.notify(f"a {batch.kind} batch of run {batch.server_id} in "
-                                f"{self.spool.path} cannot be sent ({type(exc).__name__}: "
-                                f"{exc}); it is set aside in the file")
-                    handled = True
-                if progress is not None and not self.spool.holds(batch.seq):
-                    progress(batch)  # delivered (a refused batch stays, marked)
+                handled = self._send_group(group)
+                if progress is not None:
+                    for batch in group:
+                        if not self.spool.holds(batch.seq):
+                            progress(batch)  # delivered (a refused batch stays, marked)
                 if not handled:  # the spool changed beyond this batch: fetch again
                     break
 
@@ -655,6 +701,40 @@ class Sender:
                             f"is kept in {self.spool.path}: {exc}")
                 continue
             self.spool.set_server_id(run.run_key, info.run_id)
+
+    def _send_group(self, group: list[Batch]) -> bool:
+        """Send batches of :func:`merged` in as few requests as the server's limits allow;
+        False when the spool changed beyond them. When the merged send fails for good
+        (refused, or a batch cannot be encoded), each batch is sent on its own, so that
+        each meets its own fate (what was acknowledged is sent again: the server keeps
+        one copy)."""
+        if len(group) > 1:
+            try:
+                rows = [row for batch in group for row in unpack_rows(batch.body)]
+                bodies = [body for _, body in metric_bodies(rows)]
+            except UNSENDABLE:
+                bodies = []
+            try:
+                for body in bodies:
+                    self.client.post_batch(group[0].server_id, body)
+            except StoreError as exc:
+                if _retry_later(exc):
+                    raise
+            else:
+                if bodies:
+                    self.spool.delete_many([batch.seq for batch in group])
+                    return True
+        return all(self._send_one(batch) for batch in group)  # stops at a dropped run
+
+    def _send_one(self, batch: Batch) -> bool:
+        try:
+            return self._send(batch)
+        except UNSENDABLE as exc:  # decoding or encoding it fails: so would a retry
+            self.spool.mark_failed(batch.seq, f"{UNSENDABLE_MARK}{type(exc).__name__}: {exc}")
+            self.notify(f"a {batch.kind} batch of run {batch.server_id} in "
+                        f"{self.spool.path} cannot be sent ({type(exc).__name__}: "
+                        f"{exc}); it is set aside in the file")
+            return True
 
     def _send(self, batch: Batch) -> bool:
         """Send one batch; False when the spool changed beyond it (a run was dropped)."""
@@ -692,6 +772,25 @@ class Sender:
         else:
             self.spool.delete(batch.seq)
         return True
+
+
+def merged(batches: Sequence[Batch]) -> Iterator[list[Batch]]:
+    """``batches`` in order, in groups to send together: consecutive metric batches of one
+    run, up to :data:`MAX_METRICS_PER_BATCH` points; any other batch alone (so a run's
+    status still follows its data)."""
+    group: list[Batch] = []
+    points = 0
+    for batch in batches:
+        joins = (batch.kind == "metrics" and group and group[0].kind == "metrics"
+                 and group[0].run_key == batch.run_key
+                 and points + batch.points <= MAX_METRICS_PER_BATCH)
+        if group and not joins:
+            yield group
+            group, points = [], 0
+        group.append(batch)
+        points += batch.points
+    if group:
+        yield group
 
 
 class SpoolStore:
@@ -787,6 +886,7 @@ class SpoolStore:
     def _send_loop(self, spool: SpoolFile) -> None:
         sender = Sender(spool, self.client, _warn_from_thread)
         delay = 0.0
+        down = False  # the last attempt found the server not taking data
         while not self._stopping.is_set():
             if delay:
                 self._kick.wait(random.uniform(delay / 2, delay))  # jitter: no thundering herd
@@ -797,12 +897,17 @@ class SpoolStore:
             if self._stopping.is_set():
                 return
             try:
+                if down or self._outage is not None:  # one quick request first: a send
+                    # would spend its retries (seconds) on a server that does not answer
+                    self._probe.ping()
                 sender.send_available(stop=self._stopping.is_set)
             except Exception as exc:  # noqa: BLE001 - the sender must outlive any failure
-                delay = min(max(delay * 2, BACKOFF_FIRST_S), BACKOFF_MAX_S)
+                down = _retry_later(exc)
+                delay = (PROBE_INTERVAL_S if down
+                         else min(max(delay * 2, BACKOFF_FIRST_S), BACKOFF_MAX_S))
                 if self._stopping.is_set():
                     return
-                if not _retry_later(exc):
+                if not down:
                     _warn_from_thread(f"sending the spool {spool.path} failed "
                                       f"({type(exc).__name__}: {exc}); retrying")
                 elif not self._warned_outage:
@@ -814,11 +919,13 @@ class SpoolStore:
                 self._outage = str(exc)
                 self._failures += 1  # after the warning: a waiter that stops now saw it
                 continue
-            delay = 0.0
+            delay, down = 0.0, False
             self._outage = None
-            if self._warned_outage:
+            if self._warned_outage and not spool.sendable():  # not when stopped half-way
                 self._warned_outage = False
-                _warn_from_thread(f"{self.uri} answers again; the spooled data was sent")
+                left = spool.backlog()
+                _warn_from_thread(f"{self.uri} answers again; the spooled data was sent" + (
+                    "" if left.empty else f"; kept in {spool.path}: {left.describe()}"))
 
     def wait_until_sent(self, timeout: float | None = None, run_id: str | None = None) -> bool:
         """Wait until what is spooled (for ``run_id``, or all) has reached the server.
@@ -1070,6 +1177,20 @@ def after_fork_in_child() -> None:
 
 
 @dataclass
+class SpoolPlan:
+    """What ``autolog sync --dry-run`` found in one spool file: where it would go (None
+    and ``problem`` when it would not be sent), per run what, and what is damaged."""
+
+    path: Path
+    uri: str | None
+    sent_to: str | None = None
+    runs: list[RunPlan] = field(default_factory=list)
+    backlog: Backlog = Backlog()
+    problem: str | None = None
+    held: bool = False
+
+
+@dataclass
 class SpoolOutcome:
     """What ``autolog sync`` did with one spool file."""
 
@@ -1120,6 +1241,54 @@ def _not_yours(path: Path) -> str | None:
     return None
 
 
+def _not_for(uri: str, to: str | None, configured: str | None,
+             command: Callable[[str], str] | None) -> str | None:
+    """Why a spool naming ``uri`` is not sent (see :func:`send_spool_file`), or None."""
+    if to is None and _takes_credentials(uri) and (
+            configured is None or origin(uri) != origin(configured)):
+        return (f"not sent: it names {uri}, not the configured tracking server "
+                f"({configured or 'none set'}), and credentials go only there; if you trust "
+                f"{uri}, send it with: "
+                f"{command(uri) if command else f'autolog sync --to {uri}'}")
+    return None
+
+
+def _open_for_sync(path: Path) -> tuple[SpoolFile | None, str | None]:
+    """The spool file at ``path`` claimed, or None and why not (held: None, None)."""
+    try:
+        refusal = _not_yours(path)
+        if refusal is not None:
+            return None, refusal
+        return SpoolFile.claim(path), None
+    except (sqlite3.OperationalError, OSError) as exc:  # a full disk, a read-only folder
+        return None, f"could not open ({type(exc).__name__}: {exc})"
+    except (StoreError, sqlite3.Error) as exc:  # not a database, not a spool
+        return None, f"unreadable ({type(exc).__name__}: {exc})"
+
+
+def plan_spool_file(path: Path, *, to: str | None = None, configured: str | None = None,
+                    command: Callable[[str], str] | None = None) -> SpoolPlan:
+    """What :func:`send_spool_file` would do with ``path``, doing none of it: no request
+    is made and the file is left as it is."""
+    spool, problem = _open_for_sync(path)
+    if spool is None:
+        if problem is None:
+            return SpoolPlan(path, None, held=True, problem="in use by a running process, "
+                                                            "whose own sender is sending it")
+        return SpoolPlan(path, None, problem=problem)
+    plan = SpoolPlan(path, spool.uri, problem=_not_for(spool.uri, to, configured, command))
+    try:
+        if plan.problem is None:
+            plan.sent_to = to or spool.uri
+        plan.runs = spool.audit()
+        plan.backlog = spool.backlog()
+    except sqlite3.Error as exc:
+        plan.problem = f"damaged ({type(exc).__name__}: {exc})"
+    finally:
+        spool.close(remove=False)
+    return plan
+
+
 def send_spool_file(path: Path, progress_factory=None, *, to: str | None = None,
                     configured: str | None = None,
                     command: Callable[[str], str] | None = None) -> SpoolOutcome:
@@ -1134,28 +1303,17 @@ def send_spool_file(path: Path, progress_factory=None, *, to: str | None = None,
     refused earlier are retried. ``progress_factory(total)`` may return an object with
     ``update(n)`` and ``close()`` (a tqdm bar) that counts metric points.
     """
-    try:
-        refusal = _not_yours(path)
-        if refusal is not None:
-            return SpoolOutcome(path, None, problem=refusal)
-        spool = SpoolFile.claim(path)
-    except (sqlite3.OperationalError, OSError) as exc:  # a full disk, a read-only folder
-        return SpoolOutcome(path, None, problem=f"could not open ({type(exc).__name__}: {exc})")
-    except (StoreError, sqlite3.Error) as exc:  # not a database, not a spool
-        return SpoolOutcome(path, None, problem=f"unreadable ({type(exc).__name__}: {exc})")
+    spool, problem = _open_for_sync(path)
     if spool is None:
-        return SpoolOutcome(path, None, held=True, problem="in use by a running process, "
-                                                           "whose own sender is sending it")
+        if problem is None:
+            return SpoolOutcome(path, None, held=True, problem="in use by a running process, "
+                                                               "whose own sender is sending it")
+        return SpoolOutcome(path, None, problem=problem)
     outcome = SpoolOutcome(path, spool.uri)
     client = bar = None
     try:
-        if to is None and _takes_credentials(spool.uri) and (
-                configured is None or origin(spool.uri) != origin(configured)):
-            outcome.problem = (
-                f"not sent: it names {spool.uri}, not the configured tracking server "
-                f"({configured or 'none set'}), and credentials go only there; if you trust "
-                f"{spool.uri}, send it with: "
-                f"{command(spool.uri) if command else f'autolog sync --to {spool.uri}'}")
+        outcome.problem = _not_for(spool.uri, to, configured, command)
+        if outcome.problem is not None:
             return outcome
         outcome.sent_to = to or spool.uri
         client = destination(outcome.sent_to)
