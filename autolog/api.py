@@ -16,6 +16,7 @@ from autolog.lifecycle import active_or_new, current_store
 from autolog.lifecycle import end_run as end_run  # the API's own, re-exported (X as X)
 from autolog.lifecycle import start_run as start_run
 from autolog.run import Run, user_call_site
+from autolog.stores import check_configuration
 from autolog.stores.base import Experiment, Metric, RunRecord, Store
 from autolog.uris import redact_uri
 from autolog.validation import check_experiment_name
@@ -39,16 +40,26 @@ def autolog(
     options; ``AUTOLOG_DISABLE=torch,xgboost`` opts out from the environment.
     ``on_conflict`` is what happens when an autologged param differs from a value the run
     already has: ``"namespace"`` (default; kept as ``<integration>.<key>``), ``"skip"`` or
-    ``"raise"``. ``silent=True`` hides autolog's warnings.
+    ``"raise"``. ``silent=True`` hides autolog's warnings. A tracking server that cannot
+    be MLflow's as written (a host that does not resolve, TLS that fails, a web server
+    that is not MLflow) raises here; one that is down does not (runs start offline).
     """
     from autolog import integration  # the registry imports frameworks lazily
 
+    # Every argument is checked before any setting changes: an error leaves all as it was.
     if on_conflict is not None:
-        settings.set_on_conflict(check_on_conflict(on_conflict))
+        check_on_conflict(on_conflict)
     if tracking_uri is not None:
-        set_tracking_uri(tracking_uri)
+        _check_uri_form(tracking_uri)
     if experiment is not None:
         check_experiment_name(experiment)
+    if not disable:  # a typo'd server URI is an error here, not a silent offline run
+        check_configuration(tracking_uri or settings.resolved_tracking_uri())
+    if on_conflict is not None:
+        settings.set_on_conflict(on_conflict)
+    if tracking_uri is not None:
+        settings.tracking_uri = tracking_uri
+    if experiment is not None:
         settings.experiment = experiment
     if silent is not None:
         settings.silent = bool(silent)
@@ -57,12 +68,16 @@ def autolog(
 
 def set_tracking_uri(uri: str) -> None:
     """Where new runs go: ``sqlite:///path.db`` or ``http(s)://host:port`` (MLflow server)."""
+    settings.tracking_uri = _check_uri_form(uri)
+
+
+def _check_uri_form(uri: object) -> str:
     if not isinstance(uri, str) or not uri.startswith(("sqlite:///", "http://", "https://")):
         raise ValueError(
             "tracking URI must be sqlite:///path/to/file.db or http(s)://host:port, got "
             f"{redact_uri(uri)!r}"
         )
-    settings.tracking_uri = uri
+    return uri
 
 
 def get_tracking_uri() -> str:

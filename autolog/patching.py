@@ -24,6 +24,7 @@ import wrapt
 
 from autolog.config import strict, warn
 from autolog.ledger import ParamConflictError
+from autolog.stores.base import StoreError
 
 _MISSING = object()
 
@@ -109,9 +110,10 @@ def guard(integration: str) -> Iterator[None]:
         key = (integration, type(exc).__name__, str(exc))
         if key not in _warned:
             _warned.add(key)
-            warn(
-                f"autolog ({integration}) hit an internal error and skipped some logging; your "
-                f"call was not affected: {type(exc).__name__}: {exc}")
+            what = ("could not use the tracking store" if isinstance(exc, StoreError)
+                    else "hit an internal error")
+            warn(f"autolog ({integration}) {what} and skipped some logging; your call was "
+                 f"not affected: {type(exc).__name__}: {exc}")
 
 
 # The integration whose patched call each thread is inside, by thread ident; a thread that

@@ -312,3 +312,15 @@ def test_connection_refused_is_still_an_outage(unused_uri, spool_dir, capsys):
     assert len(spool_files(spool_dir)) == 1
     assert "100 metric points in 2 batches" in capsys.readouterr().err
 
+
+
+def test_autolog_itself_refuses_a_server_that_cannot_be_mlflows(static_web_server, unused_uri,
+                                                                 spool_dir):
+    """A typo'd server URI is an error at ``autolog()``, before any fit; a server that is
+    down is not (its runs start offline)."""
+    with pytest.raises(NotMlflowServerError, match="is not an MLflow tracking server"):
+        autolog.autolog(tracking_uri=static_web_server)
+    assert autolog.get_tracking_uri() != static_web_server  # left as it was
+    autolog.autolog(tracking_uri=unused_uri)  # down: no error, no warning
+    assert autolog.get_tracking_uri() == unused_uri
+    assert not spool_dir.exists()

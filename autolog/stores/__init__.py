@@ -62,3 +62,23 @@ def after_fork_in_child() -> None:
     spool = sys.modules.get(f"{__name__}.spool")
     if spool is not None:
         spool.after_fork_in_child()
+
+
+def check_configuration(uri: str) -> None:
+    """Raise :class:`~autolog.stores.mlflow_rest.MisconfiguredServerError` when ``uri``
+    names a server that cannot be MLflow's as written (its host does not resolve, TLS
+    fails, what answers is not MLflow): an error to fix now. A server that is down or
+    overloaded is not an error here: runs then start offline, into the spool."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    from autolog.stores.mlflow_rest import MisconfiguredServerError, MlflowRestClient
+
+    client = MlflowRestClient(uri, retries=0, connect_timeout=2.0, read_timeout=10.0)
+    try:
+        client.ping()
+    except MisconfiguredServerError:
+        raise
+    except StoreError:  # an outage, or credentials to fix before the spool is sent
+        pass
+    finally:
+        client.close()
