@@ -20,11 +20,10 @@ import ssl
 import subprocess
 import threading
 import time
-import warnings
-from contextlib import contextmanager
 
 import pytest
 from click.testing import CliRunner
+from test_spool import messages, recorded_warnings
 
 import autolog
 from autolog.cli import main
@@ -37,18 +36,6 @@ pytestmark = pytest.mark.usefixtures("spool_dir")
 
 DRAIN_BOUND_S = 10.0  # generous: the wanted figure is 2 s plus the send time
 _LOG_BATCH = re.compile(r'"POST /api/2\.0/mlflow/runs/log-batch HTTP/[\d.]+" 200')
-
-
-@contextmanager
-def recorded_warnings():
-    """Every warning, from any thread, while the block runs (the sender warns from its own)."""
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        yield seen
-
-
-def messages(seen) -> str:
-    return "\n".join(str(w.message) for w in seen if issubclass(w.category, autolog.AutologWarning))
 
 
 def wait_for(condition, timeout: float, what: str) -> None:

@@ -1266,16 +1266,16 @@ def _open_for_sync(path: Path) -> tuple[SpoolFile | None, str | None]:
         return None, f"unreadable ({type(exc).__name__}: {exc})"
 
 
+HELD = "in use by a running process, whose own sender is sending it"
+
+
 def plan_spool_file(path: Path, *, to: str | None = None, configured: str | None = None,
                     command: Callable[[str], str] | None = None) -> SpoolPlan:
     """What :func:`send_spool_file` would do with ``path``, doing none of it: no request
     is made and the file is left as it is."""
     spool, problem = _open_for_sync(path)
     if spool is None:
-        if problem is None:
-            return SpoolPlan(path, None, held=True, problem="in use by a running process, "
-                                                            "whose own sender is sending it")
-        return SpoolPlan(path, None, problem=problem)
+        return SpoolPlan(path, None, held=problem is None, problem=problem or HELD)
     plan = SpoolPlan(path, spool.uri, problem=_not_for(spool.uri, to, configured, command))
     try:
         if plan.problem is None:
@@ -1305,10 +1305,7 @@ def send_spool_file(path: Path, progress_factory=None, *, to: str | None = None,
     """
     spool, problem = _open_for_sync(path)
     if spool is None:
-        if problem is None:
-            return SpoolOutcome(path, None, held=True, problem="in use by a running process, "
-                                                               "whose own sender is sending it")
-        return SpoolOutcome(path, None, problem=problem)
+        return SpoolOutcome(path, None, held=problem is None, problem=problem or HELD)
     outcome = SpoolOutcome(path, spool.uri)
     client = bar = None
     try:
