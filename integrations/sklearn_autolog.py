@@ -322,12 +322,15 @@ class SklearnIntegration(Integration):
         tags = {INTEGRATION_TAG: self.name, **_estimator_tags(seed)}
         columns = [key for key in results if not key.startswith(("param", "split"))]
         for row in rows:  # nested under the active run, the fit's, in its experiment
-            with start_run(nested=True, tags=tags) as child:  # ends FAILED if this raises
+            child = start_run(nested=True, tags=tags)
+            try:
                 child.log_autolog_params({**base, **results["params"][row]}, self.name)
                 for key in columns:
                     value = results[key][row]
                     if isinstance(value, Number) and not isinstance(value, bool):
                         child.log_metric(key, value)
+            finally:  # the search succeeded (children are logged after it): FINISHED, even
+                child.end()  # when autolog's own logging failed here (its guard warns)
 
 
 def _on_parallel_call(wrapped, instance, args, kwargs):

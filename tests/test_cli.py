@@ -98,7 +98,8 @@ def broken_stores(tmp_path, unused_uri, scripted_server):
 
 
 @pytest.mark.parametrize("command", [["runs", "list"], ["runs", "show", "0123"],
-                                     ["experiments", "list"]], ids=" ".join)
+                                     ["runs", "end", "0123"], ["experiments", "list"],
+                                     ["sync", "--to", "sqlite:///copy.db"]], ids=" ".join)
 @pytest.mark.parametrize("failure", ["server down", "https to an http server", "server error",
                                      "missing file", "corrupt file"])
 def test_an_operational_error_is_one_line_and_a_non_zero_exit(command, failure, broken_stores,
@@ -106,7 +107,8 @@ def test_an_operational_error_is_one_line_and_a_non_zero_exit(command, failure, 
     from autolog.stores import mlflow_rest
 
     monkeypatch.setattr(mlflow_rest, "BACKOFF_FACTOR_S", 0.01)
-    out = invoke(*command, "--tracking-uri", broken_stores[failure])  # raises if it escapes
+    option = "--from" if command[0] == "sync" else "--tracking-uri"
+    out = invoke(*command, option, broken_stores[failure])  # raises if it escapes
     assert out.exit_code == 1, out.output
     lines = out.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), out.output
