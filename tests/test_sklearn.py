@@ -399,6 +399,27 @@ def test_max_tuning_runs(data, limit, expected):
     assert len(children(parent.run_id)) == expected
 
 
+def test_a_search_that_raises_ends_failed_with_no_child_run(on, data):
+    """Children are logged from the finished search's results, so a search that raises
+    leaves its run FAILED and no child behind (none could end FINISHED)."""
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.model_selection import GridSearchCV
+
+    class Diverges(ClassifierMixin, BaseEstimator):
+        def __init__(self, rate=1.0):
+            self.rate = rate
+
+        def fit(self, X, y):
+            raise FloatingPointError("the user's estimator diverged")
+
+    X, y = data
+    search = GridSearchCV(Diverges(), {"rate": [0.1, 1.0]}, cv=2, error_score="raise")
+    with pytest.raises(FloatingPointError, match="diverged"):
+        search.fit(X, y)
+    (run,) = runs()
+    assert run.status == "FAILED" and run.tags["estimator_name"] == "GridSearchCV"
+
+
 def test_randomized_and_halving_searches(on, data):
     X, y = data
     RandomizedSearchCV(LogisticRegression(), {"C": [0.1, 1, 10]}, n_iter=2, cv=2,
