@@ -37,8 +37,6 @@ def _open(tracking_uri: str | None) -> Store:
     uri = tracking_uri or settings.resolved_tracking_uri()
     try:
         return open_store(uri, create=False)
-    except (StoreError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
     except sqlite3.Error as exc:  # a file that is not a store (a sqlite:// URI has no password)
         raise click.ClickException(f"cannot read {uri}: {exc}") from exc
 
@@ -65,8 +63,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-# What a store, a server or a file can do wrong while a command runs: the user's to fix.
-OPERATIONAL_ERRORS = (StoreError, sqlite3.Error, OSError)
+# What a store, a server, a file or an argument (a malformed URI, one store given twice)
+# can do wrong while a command runs: the user's to fix, so one line, not a traceback.
+OPERATIONAL_ERRORS = (StoreError, sqlite3.Error, OSError, ValueError)
 
 
 class _Commands(click.Group):
@@ -124,11 +123,7 @@ def runs_list(experiment: str | None, max_results: int, tracking_uri: str | None
 @_JSON
 def runs_show(run_id: str, tracking_uri: str | None, as_json: bool) -> None:
     """Params, tags, latest metrics and status of one run."""
-    store = _open(tracking_uri)
-    try:
-        record = store.get_run(run_id)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    record = _open(tracking_uri).get_run(run_id)
     if as_json:
         click.echo(json.dumps(_json_safe(record.to_dict()), indent=2))
         return
@@ -148,11 +143,7 @@ def runs_end(run_ids: tuple[str, ...], status: str, tracking_uri: str | None) ->
     """
     from autolog.sync import open_for_copy
 
-    uri = tracking_uri or settings.resolved_tracking_uri()
-    try:
-        store = open_for_copy(uri, create=False)
-    except (StoreError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    store = open_for_copy(tracking_uri or settings.resolved_tracking_uri(), create=False)
     now = int(time.time() * 1000)
     missing = []
     for run_id in run_ids:
@@ -244,11 +235,7 @@ def sync_command(spools: tuple[Path, ...], source: str | None, dest: str | None,
         if dry_run:
             raise click.UsageError("--dry-run shows what spools would send; it goes without "
                                    "--from")
-        try:
-            report = sync.copy_between(source, dest, experiments)
-        except (StoreError, ValueError, OSError, sqlite3.Error) as exc:
-            raise click.ClickException(str(exc)) from exc
-        click.echo(report.summary())
+        click.echo(sync.copy_between(source, dest, experiments).summary())
         return
     if experiments:
         raise click.UsageError("--experiment goes with --from and --to")

@@ -126,8 +126,7 @@ class Writer:
                           f"({type(exc).__name__}: {exc}); the data is kept and retried")
                 return False
             if wrote and self._failing.pop(id(run), None) is not None:
-                warnings.warn(f"autolog: writing run {run.id} to {run.store.uri} works again",
-                              AutologWarning, stacklevel=users_stacklevel())
+                _warn(f"writing run {run.id} to {run.store.uri} works again")
             return True
         finally:
             self._io_lock.release()
@@ -384,7 +383,7 @@ class Fallback:
 
 
 def _warn(message: str) -> None:
-    """A failed write: never hidden by ``silent=True``."""
+    """What happened to logged data: never hidden by ``silent=True``."""
     warnings.warn(f"autolog: {message}", AutologWarning, stacklevel=users_stacklevel(3))
 
 
@@ -422,8 +421,8 @@ def _isolate_unsendable(run: Run, rows: list, exc: Exception) -> None:
             else:
                 parts += [part[len(part) // 2:], part[:len(part) // 2]]
         except BaseException:
-            for unwritten in (part, *reversed(parts)):
-                run.metric_queue.extendleft(reversed(unwritten))
+            unwritten = [row for rows_left in (part, *reversed(parts)) for row in rows_left]
+            run.metric_queue.extendleft(reversed(unwritten))  # back in front, in order
             raise
     if refused:
         key, value, _, step = refused[0]
@@ -437,8 +436,8 @@ def _convert(batch: list) -> list:
     rows = []
     for (key, value, timestamp, step), number in zip(batch, to_floats([row[1] for row in batch])):
         if number is None:
-            warnings.warn(f"autolog: metric {key!r} at step {step} dropped: {value!r} could not "
-                          "be read as a number", AutologWarning, stacklevel=users_stacklevel())
+            _warn(f"metric {key!r} at step {step} dropped: {value!r} could not be read as a "
+                  "number")
         else:
             rows.append((key, number, timestamp, step))
     return rows
