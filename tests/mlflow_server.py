@@ -122,7 +122,7 @@ class MlflowServer:
         return [line for line in self.log_text().splitlines() if _REFUSED_LOG_BATCH.search(line)]
 
 
-class _Scripted(BaseHTTPRequestHandler):
+class Scripted(BaseHTTPRequestHandler):
     """Answers from ``server.script``, a list of (status, body or body(request)), then 200
     ``{}``; records every request in ``server.seen``."""
 
@@ -139,6 +139,9 @@ class _Scripted(BaseHTTPRequestHandler):
         status, body = self.server.script.pop(0) if self.server.script else (200, {})
         if callable(body):
             body = body(self.server.seen[-1])
+        self.send_json(status, body)
+
+    def send_json(self, status: int, body: object) -> None:
         payload = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -225,7 +228,7 @@ def fault_server(spare_server):
 @pytest.fixture
 def scripted_server():
     """A local HTTP server that answers what the test scripts (transport details, errors)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
     server.script, server.seen = [], []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -23,6 +23,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from mlflow_server import Scripted
 from test_spool import messages, recorded_warnings
 
 import autolog
@@ -134,17 +135,11 @@ def test_sync_dry_run_shows_what_would_go_where_and_sends_nothing(
     assert usage.exit_code == 2 and "--dry-run" in usage.output
 
 
-class SlowMlflow(http.server.BaseHTTPRequestHandler):
+class SlowMlflow(Scripted):
     """Answers the few calls the sender makes as MLflow would, each log-batch after
     ``LOG_BATCH_S``; counts the metric points it was sent in ``server.points``."""
 
     LOG_BATCH_S = 0.05
-
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        self._answer()
-
-    def do_POST(self):  # noqa: N802
-        self._answer()
 
     def _answer(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -157,15 +152,7 @@ class SlowMlflow(http.server.BaseHTTPRequestHandler):
         elif path == "runs/log-batch":
             self.server.points += len(json.loads(body).get("metrics", ()))
             time.sleep(self.LOG_BATCH_S)
-        payload = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(200, answer)
 
 
 POINTS_AT_EXIT = 20_000  # 20 requests of 1,000: more than the exit waits for
