@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from autolog.stores import open_store
 from autolog.stores.base import Experiment, MetricRow, RunRecord, Store, StoreError
-from autolog.stores.mlflow_rest import HISTORY_PAGE_SIZE, MlflowRestClient
+from autolog.stores.mlflow_rest import MlflowRestClient
 from autolog.stores.spool import (
     SpoolOutcome,
     SpoolPlan,
@@ -123,12 +123,12 @@ def open_for_copy(uri: str, create: bool) -> Store:
 
 def copy_between(source_uri: str, dest_uri: str, experiments: Sequence[str] = (),
                  progress: bool | None = None) -> CopyReport:
-    if source_uri == dest_uri:
-        raise ValueError(f"--from and --to are the same store: {redact_uri(source_uri)}")
     source = open_for_copy(source_uri, create=False)
     dest = open_for_copy(dest_uri, create=True)
     started = time.monotonic()
     try:
+        if source.uri == dest.uri:  # as the stores resolve them (sqlite:///./x.db is x.db)
+            raise ValueError(f"--from and --to are the same store: {redact_uri(source_uri)}")
         report = copy_runs(source, dest, experiments, progress)
         report.seconds = time.monotonic() - started
         return report
@@ -265,20 +265,10 @@ def _identity_of(point: MetricRow) -> bytes:
 
 
 def history_pages(store: Store, run_id: str, key: str) -> Iterator[list[MetricRow]]:
-    """A key's points in pages: the embedded store's chunks, a server's history pages."""
+    """A key's points in pages: the embedded store's chunks, a server's history pages (a
+    store that reads no pages gives all of them in one)."""
     if hasattr(store, "iter_metric_history"):
         yield from store.iter_metric_history(run_id, key, PAGE_POINTS)
-    elif isinstance(store, MlflowRestClient):
-        request = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE_SIZE}
-        page: list[MetricRow] = []
-        for m in store._pages("GET", "metrics/get-history", request, "metrics"):
-            page.append((m["key"], float(m["value"]), int(m.get("timestamp", 0)),
-                         int(m.get("step", 0))))
-            if len(page) == PAGE_POINTS:
-                yield page
-                page = []
-        if page:
-            yield page
     else:
         yield [(m.key, m.value, m.timestamp, m.step)
                for m in store.get_metric_history(run_id, key)]

@@ -382,3 +382,10 @@ def test_a_spool_sent_elsewhere_keeps_the_runs_that_server_lacks(sqlite_server, 
     assert right.exit_code == 0, right.output
     points = server_points(sqlite_server, run_id)
     assert sorted(points) == list(range(2000)) and all(points[s] == value(s) for s in points)
+
+
+def test_the_configured_uri_is_named_without_its_password():
+    from autolog.stores.spool import _not_for
+
+    told = _not_for("http://planted:5000", None, "http://u:s3cret@other:5000", None)
+    assert "s3cret" not in told and "u:***@other:5000" in told

@@ -288,3 +288,13 @@ def test_a_key_larger_than_the_held_bound_is_compared_in_passes(store_uri, tmp_p
     (copy,) = copied.search_runs([copied.get_experiment_by_name(experiment.name).experiment_id])
     assert copied.metric_counts(copy.run_id) == {"m": 5002 + len(late)}
     assert copy_between(store_uri, other).points == 0  # counts differ (a duplicate): nothing sent
+
+
+def test_one_store_named_two_ways_is_the_same_store(store_uri, tmp_path):
+    """``sqlite:///./x.db`` and ``sqlite:////abs/x.db`` are one file: no copy into itself."""
+    with autolog.start_run():
+        autolog.log_metric("m", 1.0)
+    relative = f"sqlite:///./{store_uri.rsplit('/', 1)[-1]}"  # the tests run in tmp_path
+    same = sync("--from", relative, "--to", store_uri)
+    assert same.exit_code == 1 and "the same store" in same.output
+    assert len(autolog.search_runs()) == 1

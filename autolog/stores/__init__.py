@@ -71,9 +71,9 @@ def check_configuration(uri: str) -> None:
     overloaded is not an error here: runs then start offline, into the spool."""
     if not uri.startswith(("http://", "https://")):
         return
-    from autolog.stores.mlflow_rest import MisconfiguredServerError, MlflowRestClient
+    from autolog.stores.mlflow_rest import MisconfiguredServerError, probe_client
 
-    client = MlflowRestClient(uri, retries=0, connect_timeout=2.0, read_timeout=10.0)
+    client = probe_client(uri)
     try:
         client.ping()
     except MisconfiguredServerError:

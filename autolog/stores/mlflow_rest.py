@@ -76,6 +76,8 @@ BACKOFF_FACTOR_S = 0.5  # urllib3 retries at once, then after 1 s, then 2 s
 BACKOFF_MAX_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 60.0  # one call in all, retries included; AUTOLOG_HTTP_TIMEOUT overrides
+PROBE_CONNECT_TIMEOUT_S = 2.0  # starting a run: how long before it starts offline
+PROBE_READ_TIMEOUT_S = 10.0
 RETRY_AFTER_MAX_S = 30.0
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD, "
                         "MLFLOW_TRACKING_TOKEN, or user:password@ in the URI")
@@ -627,10 +629,24 @@ class MlflowRestClient:
             return _run_record(answer["run"])
 
     def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
+        return [Metric(*row) for page in self.iter_metric_history(run_id, key) for row in page]
+
+    def iter_metric_history(self, run_id: str, key: str,
+                            page: int = HISTORY_PAGE_SIZE) -> Iterator[list[MetricRow]]:
+        """A key's points as ``(key, value, timestamp, step)`` rows, in lists of at most
+        ``page``, read from the server page by page (``autolog sync`` streams them)."""
         request = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE_SIZE}
-        pages = self._pages("GET", "metrics/get-history", request, "metrics")
+        rows: list[MetricRow] = []
         with self._parsing("GET metrics/get-history", {}):
-            return [_metric(m) for m in pages]
+            for m in self._pages("GET", "metrics/get-history", request, "metrics"):
+                # float() reads the "NaN"/"Infinity" strings of protobuf's JSON mapping too
+                rows.append((m["key"], float(m["value"]), int(m.get("timestamp", 0)),
+                             int(m.get("step", 0))))
+                if len(rows) == page:
+                    yield rows
+                    rows = []
+        if rows:
+            yield rows
 
     def search_runs(
         self, experiment_ids: Iterable[str], max_results: int = 1000,
@@ -687,9 +703,11 @@ def _run_record(run: dict) -> RunRecord:
     return RunRecord(info, _pairs(data.get("params")), tags, metrics)
 
 
-def _metric(m: dict) -> Metric:
-    """float() reads the "NaN"/"Infinity" strings of protobuf's JSON mapping as well."""
-    return Metric(m["key"], float(m["value"]), int(m.get("timestamp", 0)), int(m.get("step", 0)))
+def probe_client(uri: str) -> MlflowRestClient:
+    """A client that asks once, quickly: whether a run can start online now, whether a
+    server URI is configured right."""
+    return MlflowRestClient(uri, retries=0, connect_timeout=PROBE_CONNECT_TIMEOUT_S,
+                            read_timeout=PROBE_READ_TIMEOUT_S)
 
 
 def open_remote_store(uri: str) -> Store:

@@ -86,8 +86,11 @@ from autolog.stores.mlflow_rest import (
     MlflowRestError,
     ServerUnreachableError,
     metric_bodies,
+    probe_client,
     tag_bodies,
 )
+from autolog.stores.sqlite import SQLiteStore, transaction
+from autolog.uris import redact_uri
 from autolog.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
 SPOOL_DIR_ENV = "AUTOLOG_SPOOL_DIR"
@@ -102,8 +105,6 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0  # after a failure that is not an outage (a local error, say)
 PROBE_INTERVAL_S = 1.0  # while the server does not answer: how often to ask whether it is back
 IDLE_POLL_S = 1.0
-PROBE_CONNECT_TIMEOUT_S = 2.0  # starting a run: how long before it starts offline
-PROBE_READ_TIMEOUT_S = 10.0
 ROWS_PER_FETCH = 128  # stored batches read at a time; the consecutive ones of a run merge
 SEARCH_EXPERIMENTS_PER_CALL = 100
 
@@ -348,7 +349,6 @@ class SpoolFile:
         self._conn = conn
         self._lock_fd = lock_fd
         self._mutex = threading.Lock()
-        self.version = version
         self._crc = "b.crc" if version >= 2 else "NULL"  # format 1 has no checksums
         self.damaged: dict[int, int] = {}  # seq -> metric points of batches set aside
         self.uri = self._one("SELECT value FROM meta WHERE key = 'uri'")
@@ -609,14 +609,9 @@ class SpoolFile:
 
 def _transaction(conn: sqlite3.Connection, statements: Iterable[tuple[str, Sequence]]) -> None:
     """All of ``statements`` or none, with one commit (one fsync)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         for sql, args in statements:
             conn.execute(sql, args)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def _open(database: str, uri: bool = False) -> sqlite3.Connection:
@@ -669,8 +664,8 @@ class Sender:
             damaged = len(self.spool.damaged)
             batches = self.spool.next_batches(ROWS_PER_FETCH)
             if len(self.spool.damaged) > damaged:
-                left = self.spool.backlog()
-                self.notify(f"{left.damaged} damaged batch(es) of {left.damaged_points:,} metric "
+                self.notify(f"{len(self.spool.damaged)} damaged batch(es) of "
+                            f"{sum(self.spool.damaged.values()):,} metric "
                             f"points in {self.spool.path} (checksum failed or unreadable) are "
                             "set aside, not sent; the file is kept")
             if not batches:
@@ -806,8 +801,7 @@ class SpoolStore:
 
     def __init__(self, uri: str, spool_dir: Path | str | None = None):
         self.client = MlflowRestClient(uri)
-        self._probe = MlflowRestClient(uri, retries=0, connect_timeout=PROBE_CONNECT_TIMEOUT_S,
-                                       read_timeout=PROBE_READ_TIMEOUT_S)
+        self._probe = probe_client(uri)
         self.uri = self.client.uri
         self.spool_dir = Path(spool_dir) if spool_dir is not None else default_spool_dir()
         self._offline: dict[str, OfflineRun] = {}
@@ -1009,7 +1003,7 @@ class SpoolStore:
             spool.add_offline_run(self._offline[run_id])
             return run_id, None
         # Started offline by another process (resumed here): log under the server's id.
-        server_id = self._resolved.get(run_id) or self.server_run_id(run_id)
+        server_id = self.server_run_id(run_id)
         if server_id is None:
             raise RunNotFoundError(f"run {run_id} is not on {self.uri} yet, nor in this "
                                    "process's spool")
@@ -1247,7 +1241,8 @@ def _not_for(uri: str, to: str | None, configured: str | None,
     if to is None and _takes_credentials(uri) and (
             configured is None or origin(uri) != origin(configured)):
         return (f"not sent: it names {uri}, not the configured tracking server "
-                f"({configured or 'none set'}), and credentials go only there; if you trust "
+                f"({redact_uri(configured) if configured else 'none set'}), and credentials go "
+                f"only there; if you trust "
                 f"{uri}, send it with: "
                 f"{command(uri) if command else f'autolog sync --to {uri}'}")
     return None
@@ -1260,6 +1255,8 @@ def _open_for_sync(path: Path) -> tuple[SpoolFile | None, str | None]:
         if refusal is not None:
             return None, refusal
         return SpoolFile.claim(path), None
+    except FileNotFoundError:  # its owner removed it a moment ago, as claim() allows for
+        return None, None
     except (sqlite3.OperationalError, OSError) as exc:  # a full disk, a read-only folder
         return None, f"could not open ({type(exc).__name__}: {exc})"
     except (StoreError, sqlite3.Error) as exc:  # not a database, not a spool
@@ -1279,7 +1276,7 @@ def plan_spool_file(path: Path, *, to: str | None = None, configured: str | None
     plan = SpoolPlan(path, spool.uri, problem=_not_for(spool.uri, to, configured, command))
     try:
         if plan.problem is None:
-            plan.sent_to = to or spool.uri
+            plan.sent_to = redact_uri(to) if to else spool.uri
         plan.runs = spool.audit()
         plan.backlog = spool.backlog()
     except sqlite3.Error as exc:
@@ -1312,8 +1309,8 @@ def send_spool_file(path: Path, progress_factory=None, *, to: str | None = None,
         outcome.problem = _not_for(spool.uri, to, configured, command)
         if outcome.problem is not None:
             return outcome
-        outcome.sent_to = to or spool.uri
-        client = destination(outcome.sent_to)
+        outcome.sent_to = redact_uri(to) if to else spool.uri  # what messages name
+        client = destination(to or spool.uri)
         spool.retry_failed()
         if progress_factory is not None:
             bar = progress_factory(spool.backlog().points)
@@ -1354,8 +1351,6 @@ class EmbeddedDestination:
     ``log_batch`` and ``update_run``, so the spool is sent the same way to either."""
 
     def __init__(self, uri: str):
-        from autolog.stores.sqlite import SQLiteStore  # the spool module stays light
-
         self.uri = uri
         self._store = SQLiteStore(uri, create=False)
 

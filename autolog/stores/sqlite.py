@@ -17,6 +17,7 @@ file at the same instant create it exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sqlite3
@@ -170,20 +171,8 @@ class SQLiteStore:
             self._local.conn = conn
         return conn
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connection()
-        _retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
-        try:
-            yield conn
-            conn.execute("COMMIT")  # may fail too (a full disk): then roll back as well
-        except BaseException:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass  # the error that got us here is the one to report
-            raise
+    def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._connection())
 
     def _migrate(self) -> None:
         conn = self._connection()
@@ -396,6 +385,23 @@ class SQLiteStore:
             (*ids, max_results),
         ).fetchall()
         return [self._record(conn, row) for row in rows]
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One ``BEGIN IMMEDIATE`` … ``COMMIT`` on ``conn`` (the embedded store's, a spool's),
+    retried while the database is locked. On any failure, COMMIT's included (a full
+    disk), it is rolled back if SQLite has not done so already, and the error that got
+    here is the one raised."""
+    _retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
 
 
 def _retry_locked(operation):
