@@ -221,11 +221,12 @@ class ParamLedger:
         check_param_key(key)
         stored = stored_form(value)
         if truncate and len(stored) > MAX_PARAM_VALUE_LENGTH:
-            warn(
-                f"autolog: param {key!r} value ({len(stored)} characters) truncated to "
-                f"{MAX_PARAM_VALUE_LENGTH}, ending in '...' (as MLflow's autolog does)")
-            stored = stored[:MAX_PARAM_VALUE_LENGTH - len(TRUNCATION_MARK)] + TRUNCATION_MARK
-            stored = check_param_value(key, stored)
+            length = len(stored)
+            cut = stored[:MAX_PARAM_VALUE_LENGTH - len(TRUNCATION_MARK)] + TRUNCATION_MARK
+            stored = check_param_value(key, cut)  # refuses text no store takes: no cut then
+            warn(f"autolog: param {key!r} value ({length} characters) truncated to "
+                 f"{MAX_PARAM_VALUE_LENGTH}, ending in {TRUNCATION_MARK!r} (as MLflow's "
+                 "autolog does)")
             return key, stored, canonical(stored)
         check_param_value(key, stored)
         return key, stored, canonical(value)

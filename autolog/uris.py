@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-# scheme://userinfo@ : the userinfo is what precedes the last "@" of the authority (which
-# ends at the first "/", "?" or "#"), as urllib.parse reads it.
-_AUTHORITY = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<authority>[^/?#]*)")
+# [scheme:]//userinfo@ , or a bare userinfo@host: the userinfo is what precedes the last
+# "@" of the authority (which ends at the first "/", "?" or "#"), as urllib.parse reads it.
+_AUTHORITY = re.compile(r"^(?P<head>(?:[A-Za-z][A-Za-z0-9+.\-]*:)?//)?(?P<authority>[^/?#]*)")
 
 
 def redact_uri(uri: object) -> str:
@@ -25,7 +25,7 @@ def redact_uri(uri: object) -> str:
     userinfo, _, host = match["authority"].rpartition("@")
     user, colon, _password = userinfo.partition(":")
     shown = f"{user}:***" if colon else "***"
-    return f"{match['head']}{shown}@{host}{text[match.end():]}"
+    return f"{match['head'] or ''}{shown}@{host}{text[match.end():]}"
 
 
 def split_credentials(uri: str) -> tuple[str, str | None, str | None]:

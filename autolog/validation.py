@@ -38,7 +38,10 @@ def _short(value: object, limit: int = 40) -> str:
     """``repr(value)``, cut short: a message never prints the 400 digits of 10**400, or
     the 6,000 characters of a param value."""
     text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters shown"
+    return f"{text[:limit]}... ({size})"
 
 
 def check_text(what: str, text: str) -> str:

@@ -298,3 +298,10 @@ def test_autolog_itself_refuses_a_server_that_cannot_be_mlflows(static_web_serve
     autolog.autolog(tracking_uri=unused_uri)  # down: no error, no warning
     assert autolog.get_tracking_uri() == unused_uri
     assert not spool_dir.exists()
+
+
+@pytest.mark.parametrize("uri", ["http://localhost:99999", "http://localhost:port"])
+def test_a_uri_that_cannot_be_read_is_an_error_not_an_outage(uri, spool_dir):
+    with pytest.raises(MisconfiguredServerError, match="the URI cannot be read"):
+        autolog.autolog(tracking_uri=uri)
+    assert not spool_dir.exists()

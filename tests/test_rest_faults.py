@@ -372,6 +372,8 @@ def test_redact_uri_hides_the_password_of_any_uri():
     assert redact_uri(f"http://bob:p@ss{SECRET}@host/a@b") == "http://bob:***@host/a@b"
     assert redact_uri("sqlite:///tmp/a@b.db") == "sqlite:///tmp/a@b.db"
     assert redact_uri("http://host:5000") == "http://host:5000"
+    assert redact_uri(f"bob:{SECRET}@host:5000") == "bob:***@host:5000"  # no scheme at all
+    assert redact_uri(f"//bob:{SECRET}@host") == "//bob:***@host"
     assert split_credentials("http://bob:p%40ss%3A1@host:5000/") == ("http://host:5000", "bob", "p@ss:1")
 
 
@@ -485,3 +487,16 @@ def test_over_tls_the_deadline_holds_and_the_configured_ca_is_used(http_server, 
         silent.close()
         for conn in accepted:
             conn.close()
+
+
+def test_a_call_at_interpreter_shutdown_still_goes_out(http_server, monkeypatch):
+    """Python 3.12+ starts no thread at shutdown, where the exit drain sends the spool: the
+    deadline's timer cannot start then, and the request goes out all the same."""
+    def no_thread_now(self):
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setenv("AUTOLOG_HTTP_TIMEOUT", "5")
+    monkeypatch.setattr(threading.Timer, "start", no_thread_now)
+    http_server.script = [(200, {}, b"{}")]
+    MlflowRestClient(http_server.uri).update_run("abc", "FINISHED", 5)
+    assert len(http_server.seen) == 1

@@ -46,7 +46,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import MaxRetryError, ResponseError
+from urllib3.exceptions import LocationParseError, MaxRetryError, ResponseError
 from urllib3.util import Retry
 
 from autolog.config import env_flag, env_float
@@ -149,6 +149,8 @@ def _misconfiguration(exc: BaseException) -> str | None:
         if error is None or id(error) in seen:
             continue
         seen.add(id(error))
+        if isinstance(error, (requests.exceptions.InvalidURL, LocationParseError)):
+            return "the URI cannot be read (a port outside 1-65535?): check it"
         if isinstance(error, socket.gaierror) and error.errno in (
                 socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
             return "its host name does not resolve: check the host in the tracking URI"
@@ -204,8 +206,12 @@ class _DeadlineConnectionMixin:
         if remaining != math.inf:
             timer = threading.Timer(max(remaining, 0.0), self._abort)
             timer.daemon = True
-            timer.start()
-            _call.timers.append(timer)
+            try:
+                timer.start()
+            except RuntimeError:  # interpreter shutdown (Python 3.12+ starts no thread then):
+                pass  # the exit drain still sends, each read bounded by the socket timeout
+            else:
+                _call.timers.append(timer)
         return super().request(*args, **kwargs)
 
     def _abort(self) -> None:
