@@ -11,15 +11,17 @@ An integration names the framework modules it patches; it is enabled by a wrapt
 post-import hook, so ``autolog()`` works whether the framework was imported before or
 after it.
 
-Versions: ``supported`` is the range an integration is tested on, upper bound included.
+Versions: ``supported`` is the range an integration supports, with an upper bound (the
+next minor release after the newest one tested, excluded: ``<2.7`` when 2.6.x is).
 A release older than it is skipped with one warning; a newer one is autologged, with one
 notice (an :class:`AutologWarning`, not a log record: Python shows no info-level record
 unless the user configured logging, and the notice is what tells them that what they
 see was not tested).
 
 Probes: every read of a framework's private internals sits behind a :class:`Probe`, run
-once as the integration is enabled, against the installed release's classes (no training
-needed). A release that lacks one turns off the one feature that needs it, with one
+once as the integration is enabled, against the installed release's classes and
+functions (at most a tiny call, such as a one-tree XGBoost booster: milliseconds). A
+release that lacks one turns off the one feature that needs it, with one
 warning naming the feature and the release; the rest of the integration works, and at run
 time the feature costs one bool read (see :meth:`Integration.feature_on`).
 """
@@ -87,8 +89,8 @@ class Integration:
 
     name: ClassVar[str]  # the keyword flag of autolog(), e.g. "sklearn"
     modules: ClassVar[tuple[str, ...]]  # modules whose import enables the patches
-    # PEP 440 range of the framework releases it is tested on, upper bound included,
-    # e.g. ">=2.0,<2.7" (2.6.x tested): older is skipped, newer runs with one notice
+    # PEP 440 range of the framework releases it supports, with an exclusive upper bound,
+    # e.g. ">=2.0,<2.7" (2.6.x the newest tested): older is skipped, newer runs with a notice
     supported: ClassVar[str] = ""
     probes: ClassVar[tuple[Probe, ...]] = ()  # the private internals it reads, by feature
     default_options: ClassVar[dict[str, Any]] = {}

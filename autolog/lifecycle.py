@@ -160,16 +160,18 @@ def fit_run(integration: str, guard: Callable[[], contextlib.AbstractContextMana
     :func:`autolog.run.ended_status`). Yields None if autolog could not start a run (one
     warning, through ``guard``).
 
-    A run that a fit in another thread created is not joined: two fits in two threads,
-    with no run of the user's, get a run each. Nor is a lingering run (see
-    :func:`lingering_run`): it ends FINISHED here, and the fit gets a run of its own."""
+    A run that a fit or a loop in another thread created is not joined: two fits in two
+    threads, with no run of the user's, get a run each. Nor is a lingering run (see
+    :func:`lingering_run`): this thread's own ends FINISHED here, and the fit gets a run
+    of its own."""
     run = _run.active_run()
-    if run is not None and run in _lingering:
+    own = _run.own_run()
+    if run is not None and run is own and run in _lingering:
         _lingering.discard(run)
         with guard():
             run.end(FINISHED)
-        run = _run.active_run()
-    if run is not None and (run not in _fit_runs or run is _run.own_run()):
+        run, own = _run.active_run(), _run.own_run()
+    if run is not None and (run is own or (run not in _fit_runs and run not in _lingering)):
         yield run
         return
     created = None

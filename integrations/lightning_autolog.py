@@ -62,7 +62,14 @@ from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
-from autolog_integrations.torch_autolog import LR, metric_key, optimizer_params, prefixed
+from autolog_integrations.torch_autolog import (
+    LR,
+    STEP_HOOK,
+    has_step_hook,
+    metric_key,
+    optimizer_params,
+    prefixed,
+)
 
 from autolog import lifecycle
 from autolog.config import warn
@@ -132,9 +139,7 @@ class LightningIntegration(Integration):
         Probe(EPOCH_VALUES, "_LoggerConnector._callback_metrics", lambda package: assigns(
             _internal(package, "trainer.connectors.logger_connector.logger_connector")
             ._LoggerConnector, "_callback_metrics")),
-        Probe(STEP_LR, "torch.optim.optimizer.register_optimizer_step_post_hook",
-              lambda package: callable(
-                  importlib.import_module("torch.optim.optimizer").register_optimizer_step_post_hook)),
+        Probe(STEP_LR, STEP_HOOK, has_step_hook),
         Probe(EVERY_N_TRAIN_STEPS, "ModelCheckpoint._every_n_train_steps", lambda package: assigns(
             package.callbacks.ModelCheckpoint, "_every_n_train_steps")),
         Probe(SPAWN_NOTICE, "strategies.launchers.subprocess_script._SubprocessScriptLauncher",
@@ -376,8 +381,9 @@ class _AutologCallback:
         # read once at on_train_start, so a step does not walk Lightning's properties again:
         self._optimizers: dict[Any, int] = {}  # this Trainer's optimizers -> their index
         self._train_results: Any = None  # what trainer._results is in the training loop
-        self._train_epoch: tuple[int | None, dict[str, Any]] | None = None  # (epoch, snapshot)
-        self._fit_start_metrics: dict[str, Any] = {}  # snapshot at on_train_start
+        # (epoch, snapshot of callback_metrics): at on_train_start (epoch None: the fit's
+        # start), then at the end of each epoch, until the next epoch start logs from it
+        self._train_epoch: tuple[int | None, dict[str, Any]] | None = None
         self._validation: dict[str, Any] | None = None  # snapshot at validation start
         # the features whose probes passed, read once here (False in a silent copy)
         on = integration.feature_on if integration is not None else (lambda feature: False)
@@ -424,12 +430,14 @@ class _AutologCallback:
 
     @_contained
     def release(self) -> None:
-        if self._lr_hook is not None:
-            self._lr_hook.remove()
-            self._lr_hook = None
-        if self._silence is not None:
-            self._silence.__exit__(None, None, None)
-            self._silence = None
+        try:
+            if self._lr_hook is not None:
+                self._lr_hook.remove()
+                self._lr_hook = None
+        finally:  # never leave the thread silenced
+            if self._silence is not None:
+                self._silence.__exit__(None, None, None)
+                self._silence = None
 
     @_contained
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -449,7 +457,7 @@ class _AutologCallback:
             if self._step_values:
                 self._train_results = trainer.fit_loop.epoch_loop._results
             if self._epoch_values:
-                self._fit_start_metrics = dict(_callback_metrics(trainer))
+                self._train_epoch = (None, dict(_callback_metrics(trainer)))
 
     # -- steps (every hook here runs per step: try/except, no ``with`` block) ------------------
 
@@ -527,9 +535,7 @@ class _AutologCallback:
         set as this epoch starts (``LearningRateMonitor(logging_interval="epoch")``'s
         ``lr-SGD``) at this epoch. The two are told apart by name: the last epoch's are the
         training loop's own results (all of them, without the per-step values' probes)."""
-        if self._epoch_values:
-            if self._train_epoch is None:  # the first epoch of the fit
-                self._train_epoch = (None, self._fit_start_metrics)
+        if self._epoch_values and self._train_epoch is not None:
             epoch, before = self._train_epoch
             self._train_epoch = None
             changed = _changed(trainer, before)
@@ -558,7 +564,8 @@ class _AutologCallback:
         if self._train_epoch is not None:
             epoch, before = self._train_epoch
             self._train_epoch = None
-            self._log_at_epoch(_changed(trainer, before), epoch)
+            if epoch is not None:  # an epoch ended (the fit may have stopped before one)
+                self._log_at_epoch(_changed(trainer, before), epoch)
 
     @_contained
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:

@@ -64,7 +64,6 @@ _TASK_OWNER = "_autolog_owner"  # set on a joblib task made under an owner: a pl
 JOBLIB_TASKS = "fits in joblib workers as part of the autologged call"
 EARLY_IMPORTED_METRICS = "post-training metrics of functions imported before autolog()"
 SEARCH_CHILD_RUNS = "search child runs and best_* values"
-COLUMN_TRANSFORMER_EXCLUDED = "ColumnTransformer left out of autologging"
 
 
 def _class_named(dotted: str) -> bool:
@@ -72,12 +71,13 @@ def _class_named(dotted: str) -> bool:
     return isinstance(getattr(importlib.import_module(module), name), type)
 
 
-def _wraps_through_a_closure_cell(metrics: ModuleType) -> bool:
-    """scikit-learn's public functions are ``validate_params`` wrappers that call the
-    function they wrap through a closure cell (see ``_wrap_function``)."""
-    function = metrics.accuracy_score
-    inner = function.__wrapped__
-    return any(cell.cell_contents is inner for cell in function.__closure__ or ())
+def _inner_cell(function: Any) -> Any:
+    """The closure cell through which a ``validate_params`` wrapper (scikit-learn's public
+    functions) calls the function it wraps, or None (see ``_wrap_function``)."""
+    inner = getattr(function, "__wrapped__", None)
+    cells = getattr(function, "__closure__", None) or ()
+    return next((cell for cell in cells if inner is not None and cell.cell_contents is inner),
+                None)
 
 
 def remember_fitted(model: Any, run: Run) -> None:
@@ -109,11 +109,10 @@ class SklearnIntegration(Integration):
               lambda parallel: callable(parallel._FuncWrapper.__call__)
               and callable(parallel.Parallel.__call__), "sklearn.utils.parallel"),
         Probe(EARLY_IMPORTED_METRICS, "the closure cell of validate_params' wrapper",
-              _wraps_through_a_closure_cell, "sklearn.metrics"),
+              lambda metrics: _inner_cell(metrics.accuracy_score) is not None,
+              "sklearn.metrics"),
         Probe(SEARCH_CHILD_RUNS, _SEARCH_BASE, lambda _: _class_named(_SEARCH_BASE),
               "sklearn.model_selection"),
-        Probe(COLUMN_TRANSFORMER_EXCLUDED, EXCLUDED_BY_DEFAULT[-1],
-              lambda _: _class_named(EXCLUDED_BY_DEFAULT[-1]), "sklearn"),
     )
 
     def __init__(self) -> None:
@@ -161,14 +160,13 @@ class SklearnIntegration(Integration):
         back by :meth:`unpatch`). Anything else is wrapped as a module attribute.
         """
         function = vars(module)[name]
-        inner = getattr(function, "__wrapped__", None)
-        cells = getattr(function, "__closure__", None) or ()
-        for cell in cells if self.feature_on(EARLY_IMPORTED_METRICS) else ():
-            if inner is not None and cell.cell_contents is inner:
-                cell.cell_contents = wrapt.FunctionWrapper(inner, wrapper)
-                self._cells.append((cell, inner))
-                return
-        self.patcher.wrap(module, name, wrapper)
+        cell = _inner_cell(function)
+        if cell is None:  # (a release without the cells: the probe said so, once)
+            self.patcher.wrap(module, name, wrapper)
+            return
+        inner = cell.cell_contents
+        cell.cell_contents = wrapt.FunctionWrapper(inner, wrapper)
+        self._cells.append((cell, inner))
 
     def _patch_estimators(self) -> None:
         import sklearn.base
@@ -276,7 +274,7 @@ class SklearnIntegration(Integration):
         with self.fit_run() as run:
             if run is None:
                 return wrapped(*args, **kwargs)
-            search = self.feature_on(SEARCH_CHILD_RUNS) and _is_search(estimator)
+            search = self._is_search(estimator)
             with self.guard():
                 run.log_autolog_params(estimator.get_params(deep=not search), self.name)
                 run.set_tags(_estimator_tags(estimator))
@@ -293,6 +291,13 @@ class SklearnIntegration(Integration):
                 if self.options["log_post_training_metrics"]:
                     post_training.remember_fitted(estimator, run)
             return result
+
+    def _is_search(self, estimator: Any) -> bool:
+        """A search estimator (a subclass of BaseSearchCV, by name: no import), where the
+        probe found that class."""
+        return self.feature_on(SEARCH_CHILD_RUNS) and any(
+            f"{klass.__module__}.{klass.__qualname__}" == _SEARCH_BASE
+            for klass in type(estimator).__mro__)
 
     def _log_search(self, run: Run, search: Any, metrics: dict[str, float]) -> None:
         """``best_cv_score``, ``best_<param>`` and one child run per top candidate."""
@@ -318,7 +323,7 @@ class SklearnIntegration(Integration):
         if len(rows) == 0:
             return
         seed = search.estimator
-        base = seed.get_params(deep=not _is_search(seed))
+        base = seed.get_params(deep=not self._is_search(seed))
         tags = {INTEGRATION_TAG: self.name, **_estimator_tags(seed)}
         columns = [key for key in results if not key.startswith(("param", "split"))]
         for row in rows:  # nested under the active run, the fit's, in its experiment
@@ -365,11 +370,6 @@ def _is_method(attribute: Any) -> bool:
     """A function, or a method descriptor such as scikit-learn's ``available_if``."""
     return isinstance(attribute, FunctionType) or (
         hasattr(type(attribute), "__get__") and callable(getattr(attribute, "fn", None)))
-
-
-def _is_search(estimator: Any) -> bool:
-    return any(f"{klass.__module__}.{klass.__qualname__}" == _SEARCH_BASE
-               for klass in type(estimator).__mro__)
 
 
 def _estimator_tags(estimator: Any) -> dict[str, str]:

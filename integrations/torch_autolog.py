@@ -28,9 +28,9 @@ building an optimizer that never steps, to load a checkpoint say, starts no run)
 plain loop has no end that autolog could see, so that run stays the active run, as
 MLflow's implicit runs do, and ends when the process exits: FINISHED, or FAILED after an
 uncaught exception (the core's exit handler); ``autolog.end_run()`` ends it sooner, and
-so does the next autologged fit (a Lightning ``fit`` after a stray ``Trainer.predict``
-whose TensorBoard logger wrote ``hp_metric``, say), which gets a run of its own. Open a
-run with ``autolog.start_run()`` to bound it yourself. An optimizer created outside any
+so does the next autologged fit in the same thread (a Lightning ``fit`` after a
+SummaryWriter call, say), which gets a run of its own. Open a run with
+``autolog.start_run()`` to bound it yourself. An optimizer created outside any
 run logs its params into the run it first steps in.
 
 The per-step logging rests on torch's global optimizer step hook
@@ -165,6 +165,15 @@ class _Loop:
         return state
 
 
+STEP_HOOK = "torch.optim.optimizer.register_optimizer_step_post_hook"
+
+
+def has_step_hook(_module: ModuleType | None = None) -> bool:
+    """The probe of torch's global optimizer step hook (this integration's and Lightning's)."""
+    return callable(importlib.import_module("torch.optim.optimizer")
+                    .register_optimizer_step_post_hook)
+
+
 class TorchIntegration(Integration):
     name = "torch"
     modules = ("torch", "torch.utils.tensorboard.writer")
@@ -172,10 +181,7 @@ class TorchIntegration(Integration):
     # build of several GB); 2.2 (the lowest the extras allow) to 2.12 ran this code untested.
     supported = ">=2.2,<2.14"
     probes = (
-        Probe(STEP_METRICS, "torch.optim.optimizer.register_optimizer_step_post_hook",
-              lambda torch: callable(importlib.import_module("torch.optim.optimizer")
-                                     .register_optimizer_step_post_hook),
-              module="torch"),
+        Probe(STEP_METRICS, STEP_HOOK, has_step_hook, module="torch"),
     )
 
     def __init__(self) -> None:

@@ -388,3 +388,23 @@ def test_dataloader_workers_fork_without_hangs_or_duplicates():
                 optimizer.step()
     assert [step for step, _ in history(run.id, "train_loss")] == list(range(1, 25))
     assert len(autolog.search_runs()) == 1
+
+
+def test_a_fit_in_another_thread_neither_ends_nor_joins_this_threads_loop_run():
+    """The plain loop's run is this thread's: a scikit-learn fit in a worker thread gets
+    a run of its own, and the loop goes on logging into the same run."""
+    from sklearn.linear_model import LogisticRegression
+
+    autolog.autolog()
+    train(3)
+    loop_run = autolog.active_run()
+    worker = threading.Thread(target=lambda: LogisticRegression().fit([[0.0], [1.0]], [0, 1]))
+    worker.start()
+    worker.join()
+    train(2)
+    assert autolog.active_run() is loop_run and loop_run.status == "RUNNING"
+    autolog.end_run()
+    runs = {run.tags["autolog.integration"]: run for run in autolog.search_runs()}
+    assert set(runs) == {"torch", "sklearn"}
+    assert runs["torch"].info.run_id == loop_run.id and runs["sklearn"].status == "FINISHED"
+    assert [step for step, _ in history(loop_run.id, "train_loss")] == [1, 2, 3, 4, 5]
