@@ -305,3 +305,20 @@ def test_a_uri_that_cannot_be_read_is_an_error_not_an_outage(uri, spool_dir):
     with pytest.raises(MisconfiguredServerError, match="the URI cannot be read"):
         autolog.autolog(tracking_uri=uri)
     assert not spool_dir.exists()
+
+
+def test_a_dry_run_counts_the_refused_batches_that_sync_retries(unused_uri, spool_dir):
+    autolog.set_tracking_uri(unused_uri)
+    with pytest.warns(autolog.AutologWarning, match="started offline"):
+        with autolog.start_run(run_name="refused", experiment="recovery/refused") as run:
+            for step in range(100):
+                autolog.log_metric("loss", float(step), step=step)
+                if step % 50 == 49:
+                    autolog.flush()  # 2 stored batches of 50 points
+    close_all()
+    [path] = spool_files(spool_dir)
+    with sqlite3.connect(path) as conn:  # as a server that refused them would leave them
+        conn.execute("UPDATE batches SET error = 'refused' WHERE kind = 'metrics'")
+    result = CliRunner().invoke(main, ["sync", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert f"run {run.id} (refused): 100 metric points in 3 batches" in result.output

@@ -522,12 +522,18 @@ class SpoolFile:
                 if not rows:
                     break
                 for seq, run_key, server_id, kind, points, crc in rows:
-                    body = self._body(seq)
-                    if body is None or (crc is not None and checksum(kind, points, body) != crc):
-                        self.set_aside(seq, points if kind == "metrics" else 0)
-                    else:
+                    body = self._checked_body(seq, kind, points, crc)
+                    if body is not None:
                         batches.append(Batch(seq, run_key, server_id, kind, points, body))
         return batches
+
+    def _checked_body(self, seq: int, kind: str, points: int, crc: int | None) -> bytes | None:
+        """A batch's body if it is intact; else None, and the batch is set aside."""
+        body = self._body(seq)
+        if body is None or (crc is not None and checksum(kind, points, body) != crc):
+            self.set_aside(seq, points if kind == "metrics" else 0)
+            return None
+        return body
 
     def _body(self, seq: int) -> bytes | None:
         """A batch's body, or None when SQLite finds its pages corrupt."""
@@ -538,9 +544,6 @@ class SpoolFile:
         except sqlite3.DatabaseError:
             return None
         return bytes(row[0]) if row is not None and isinstance(row[0], bytes) else None
-
-    def holds(self, seq: int) -> bool:
-        return self._one("SELECT 1 FROM batches WHERE seq = ?", (seq,)) is not None
 
     def has_run(self, run_key: str) -> bool:
         return self._one("SELECT 1 FROM runs WHERE run_key = ?", (run_key,)) is not None
@@ -563,17 +566,16 @@ class SpoolFile:
 
     def audit(self) -> list[RunPlan]:
         """What sending would do, per run, sending nothing: every batch's checksum is
-        checked (a failing one is set aside, as sending would), then counted per run."""
+        checked (a failing one is set aside, as sending would), then counted per run.
+        Batches and runs refused before count too: ``autolog sync`` retries them."""
         statuses: dict[str, str] = {}
         with self._mutex:
             rows = self._conn.execute(
                 f"SELECT b.seq, b.run_key, b.kind, b.points, {self._crc} FROM batches b "
-                "WHERE b.error IS NULL ORDER BY b.seq").fetchall()
+                "ORDER BY b.seq").fetchall()
             for seq, run_key, kind, points, crc in rows:
-                body = self._body(seq)
-                if body is None or (crc is not None and checksum(kind, points, body) != crc):
-                    self.set_aside(seq, points if kind == "metrics" else 0)
-                elif kind == "status":
+                body = self._checked_body(seq, kind, points, crc)
+                if body is not None and kind == "status":
                     try:
                         statuses[run_key] = str(json.loads(body)["status"])
                     except UNSENDABLE:
@@ -582,9 +584,8 @@ class SpoolFile:
             runs = self._conn.execute(
                 "SELECT r.run_key, r.server_id, r.run_name, count(b.seq), "
                 "coalesce(sum(CASE WHEN b.kind = 'metrics' THEN b.points END), 0) "
-                "FROM runs r LEFT JOIN batches b ON b.run_key = r.run_key "
-                f"AND b.error IS NULL AND {intact} WHERE r.error IS NULL "
-                "GROUP BY r.run_key ORDER BY r.rowid", skip).fetchall()
+                "FROM runs r LEFT JOIN batches b ON b.run_key = r.run_key AND "
+                f"{intact} GROUP BY r.run_key ORDER BY r.rowid", skip).fetchall()
         return [RunPlan(key, server_id, name, batches, points, statuses.get(key))
                 for key, server_id, name, batches, points in runs
                 if batches or server_id is None]
@@ -656,6 +657,7 @@ class Sender:
         # False when sending to another server than the spool's (``autolog sync --to``):
         # a run it does not know was never there, and its data must not be dropped.
         self.drop_missing_runs = drop_missing_runs
+        self._delivered: list[Batch] = []  # acknowledged by the server, since the last report
 
     def send_available(self, stop: Callable[[], bool] = lambda: False,
                        progress: Callable[[Batch], None] | None = None) -> None:
@@ -677,10 +679,10 @@ class Sender:
                 if stop():
                     return
                 handled = self._send_group(group)
-                if progress is not None:
-                    for batch in group:
-                        if not self.spool.holds(batch.seq):
-                            progress(batch)  # delivered (a refused batch stays, marked)
+                if progress is not None:  # what the server acknowledged, nothing dropped
+                    for batch in self._delivered:
+                        progress(batch)
+                self._delivered.clear()
                 if not handled:  # the spool changed beyond this batch: fetch again
                     break
 
@@ -718,6 +720,7 @@ class Sender:
             else:
                 if bodies:
                     self.spool.delete_many([batch.seq for batch in group])
+                    self._delivered.extend(group)
                     return True
         return all(self._send_one(batch) for batch in group)  # stops at a dropped run
 
@@ -766,6 +769,7 @@ class Sender:
                         f"`autolog sync`: {exc}")
         else:
             self.spool.delete(batch.seq)
+            self._delivered.append(batch)
         return True
 
 
