@@ -94,18 +94,26 @@ def test_the_backlog_is_sent_and_the_run_ended_within_seconds_of_the_servers_ret
     assert fault_server.refused_log_batches() == []
 
 
-def test_sync_dry_run_shows_what_would_go_where_and_sends_nothing(
-        unused_uri, scripted_server, spool_dir):
-    autolog.set_tracking_uri(unused_uri)  # down from the start: the run starts offline
+def spooled_offline(unused_uri: str, spool_dir, name: str, points: int, param: bool = False):
+    """A run started and ended while its server is down (from the start): the run and its
+    points, in stored batches of 50, left in the spool file it returns."""
+    autolog.set_tracking_uri(unused_uri)
     with pytest.warns(autolog.AutologWarning, match="started offline"):
-        with autolog.start_run(run_name="kept", experiment="recovery/dry-run") as run:
-            for step in range(250):
+        with autolog.start_run(run_name=name, experiment=f"recovery/{name}") as run:
+            for step in range(points):
                 autolog.log_metric("loss", float(step), step=step)
                 if step % 50 == 49:
-                    autolog.flush()  # 5 stored batches of 50 points
-            autolog.log_param("lr", 0.1)
+                    autolog.flush()
+            if param:
+                autolog.log_param("lr", 0.1)
     close_all()  # nothing answers: the spool is kept
     [path] = spool_files(spool_dir)
+    return run, path
+
+
+def test_sync_dry_run_shows_what_would_go_where_and_sends_nothing(
+        unused_uri, scripted_server, spool_dir):
+    run, path = spooled_offline(unused_uri, spool_dir, "kept", points=250, param=True)
     # Really damaged bytes: one stored batch's body no longer matches its checksum.
     with sqlite3.connect(path) as conn:
         seq, body = conn.execute("SELECT seq, body FROM batches WHERE kind = 'metrics' "
@@ -308,15 +316,7 @@ def test_a_uri_that_cannot_be_read_is_an_error_not_an_outage(uri, spool_dir):
 
 
 def test_a_dry_run_counts_the_refused_batches_that_sync_retries(unused_uri, spool_dir):
-    autolog.set_tracking_uri(unused_uri)
-    with pytest.warns(autolog.AutologWarning, match="started offline"):
-        with autolog.start_run(run_name="refused", experiment="recovery/refused") as run:
-            for step in range(100):
-                autolog.log_metric("loss", float(step), step=step)
-                if step % 50 == 49:
-                    autolog.flush()  # 2 stored batches of 50 points
-    close_all()
-    [path] = spool_files(spool_dir)
+    run, path = spooled_offline(unused_uri, spool_dir, "refused", points=100)
     with sqlite3.connect(path) as conn:  # as a server that refused them would leave them
         conn.execute("UPDATE batches SET error = 'refused' WHERE kind = 'metrics'")
     result = CliRunner().invoke(main, ["sync", "--dry-run"])
