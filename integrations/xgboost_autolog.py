@@ -233,6 +233,8 @@ def _callback_class(xgboost: ModuleType) -> type:
             return False
 
         def after_training(self, model):
+            with self.integration.guard():
+                self._catch_up()
             if self.cv:  # xgboost.cv returns no booster: read early stopping's result here
                 with self.integration.guard():
                     try:
@@ -240,6 +242,19 @@ def _callback_class(xgboost: ModuleType) -> type:
                     except (AttributeError, TypeError, ValueError):
                         self.best_iteration = None  # no early stopping in this run
             return model
+
+        def _catch_up(self) -> None:
+            """Log the iterations the evals log holds but this callback was not called for.
+            XGBoost 2.1 calls the callbacks in the order of a set and stops at the first
+            that asks to stop, so once EarlyStopping comes first, the last iteration's
+            values reach the log (the same dict, filled in place) and not this callback."""
+            if self.first_epoch is None:
+                return
+            logged = self.last_epoch - self.first_epoch + 1
+            for key, values in self.series():
+                for index in range(logged, len(values)):
+                    self.log_point(key, values[index], self.first_epoch + index)
+                    self.last_epoch = max(self.last_epoch, self.first_epoch + index)
 
         def series(self):
             """``(metric key, values so far)`` for every eval set and metric."""
