@@ -74,6 +74,8 @@ def test_the_backlog_is_sent_and_the_run_ended_within_seconds_of_the_servers_ret
         back = time.monotonic()
         wait_for(lambda: store.backlog().empty, 60, "the backlog was sent")
         drained = time.monotonic() - back
+        # The sender says so once its pass ends, a moment after the last batch is deleted.
+        wait_for(lambda: "answers again" in messages(seen), 10, "the sender said it was sent")
     requests = len(_LOG_BATCH.findall(fault_server.log_text()[log_before:]))
     with capsys.disabled():  # the figure, shown with -s
         print(f"\nserver back -> backlog of {left.points} points in {left.batches} stored "
