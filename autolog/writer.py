@@ -258,7 +258,7 @@ class Writer:
     def keep_at_exit(self, runs: list[Run]) -> list[str]:
         """Spool what ``runs`` still hold (the store did not take it in time); one line per
         run that has points in the fallback spool or lost, saying how many and where."""
-        from autolog.stores.sqlite import busy_timeout
+        from autolog.stores.sqlite_file import busy_timeout
 
         # A final write still in progress ends within one store call; wait for it, so that
         # its batch is either written or back in the queue when it is spooled.

@@ -89,7 +89,8 @@ from autolog.stores.mlflow_rest import (
     probe_client,
     tag_bodies,
 )
-from autolog.stores.sqlite import SQLiteStore, transaction
+from autolog.stores.sqlite import SQLiteStore
+from autolog.stores.sqlite_file import transaction
 from autolog.uris import redact_uri
 from autolog.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 

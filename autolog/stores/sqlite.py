@@ -25,10 +25,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
-from autolog.config import env_float
 from autolog.stores.base import (
     RUNNING,
     Experiment,
@@ -41,9 +39,8 @@ from autolog.stores.base import (
     StoreError,
 )
 from autolog.stores.chunks import pack_chunks, unpack_chunk
+from autolog.stores.sqlite_file import busy_timeout, retry_locked, transaction
 
-BUSY_TIMEOUT_ENV = "AUTOLOG_SQLITE_BUSY_TIMEOUT"
-BUSY_TIMEOUT_S = 5.0  # the default of AUTOLOG_SQLITE_BUSY_TIMEOUT
 DEFAULT_EXPERIMENT = "Default"
 
 MIGRATIONS: tuple[str, ...] = (
@@ -115,10 +112,6 @@ def absolute_uri(uri: str) -> str:
     return f"sqlite:///{Path(os.path.abspath(path_from_uri(uri)))}"
 
 
-def busy_timeout() -> float:
-    return env_float(BUSY_TIMEOUT_ENV, BUSY_TIMEOUT_S)
-
-
 def _by_step_then_time(point: tuple[float, int, int]) -> tuple[int, int]:
     return point[2], point[1]
 
@@ -165,7 +158,7 @@ class SQLiteStore:
                 str(self.path), timeout=busy_timeout(), isolation_level=None,
                 check_same_thread=False,
             )
-            _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+            retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
@@ -385,42 +378,3 @@ class SQLiteStore:
             (*ids, max_results),
         ).fetchall()
         return [self._record(conn, row) for row in rows]
-
-
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One ``BEGIN IMMEDIATE`` … ``COMMIT`` on ``conn`` (the embedded store's, a spool's),
-    retried while the database is locked. On any failure, COMMIT's included (a full
-    disk), it is rolled back if SQLite has not done so already, and the error that got
-    here is the one raised."""
-    _retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
-    try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        raise
-
-
-def _retry_locked(operation):
-    """Run ``operation``, retrying while SQLite reports the database locked, up to the
-    busy timeout in all (then :class:`StoreError`).
-
-    The busy timeout covers most waits; switching a fresh file to WAL and ``BEGIN
-    IMMEDIATE`` under heavy contention can still report ``locked`` at once.
-    """
-    deadline_s = busy_timeout()
-    deadline = time.monotonic() + deadline_s
-    delay = 0.005
-    while True:
-        try:
-            return operation()
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            if time.monotonic() > deadline:
-                raise StoreError(f"SQLite store stayed locked for {deadline_s:g} s: {exc}") from exc
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
