@@ -18,7 +18,7 @@ from autolog.lifecycle import start_run as start_run
 from autolog.run import Run, user_call_site
 from autolog.stores import check_configuration
 from autolog.stores.base import Experiment, Metric, RunRecord, Store
-from autolog.uris import redact_uri
+from autolog.uris import check_tracking_uri
 from autolog.validation import check_experiment_name
 from autolog.writer import get_writer
 
@@ -50,7 +50,7 @@ def autolog(
     if on_conflict is not None:
         check_on_conflict(on_conflict)
     if tracking_uri is not None:
-        _check_uri_form(tracking_uri)
+        check_tracking_uri(tracking_uri)
     if experiment is not None:
         check_experiment_name(experiment)
     if not disable:  # a typo'd server URI is an error here, not a silent offline run
@@ -67,17 +67,9 @@ def autolog(
 
 
 def set_tracking_uri(uri: str) -> None:
-    """Where new runs go: ``sqlite:///path.db`` or ``http(s)://host:port`` (MLflow server)."""
-    settings.tracking_uri = _check_uri_form(uri)
-
-
-def _check_uri_form(uri: object) -> str:
-    if not isinstance(uri, str) or not uri.startswith(("sqlite:///", "http://", "https://")):
-        raise ValueError(
-            "tracking URI must be sqlite:///path/to/file.db or http(s)://host:port, got "
-            f"{redact_uri(uri)!r}"
-        )
-    return uri
+    """Where new runs go: an MLflow database (``sqlite:///mlflow.db``, ``postgresql://…``,
+    ``mysql://…``) or an MLflow tracking server (``http(s)://host:port``)."""
+    settings.tracking_uri = check_tracking_uri(uri)
 
 
 def get_tracking_uri() -> str:

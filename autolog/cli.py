@@ -28,7 +28,7 @@ _TRACKING_URI = click.option(
     envvar="AUTOLOG_TRACKING_URI",
     default=None,
     help="Store to read (default: $AUTOLOG_TRACKING_URI, $MLFLOW_TRACKING_URI, "
-    "then sqlite:///autolog.db).",
+    "then sqlite:///mlflow.db).",
 )
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 

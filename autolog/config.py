@@ -7,7 +7,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 
-DEFAULT_TRACKING_URI = "sqlite:///autolog.db"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: `mlflow ui` there shows the runs
 DEFAULT_EXPERIMENT = "Default"
 ON_CONFLICT_POLICIES = ("namespace", "skip", "raise")
 

@@ -42,3 +42,27 @@ def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
     user = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
     return clean.rstrip("/"), user, password
+
+
+SQL_URI_PREFIXES = ("sqlite:///", "postgresql://", "postgresql+", "mysql://", "mysql+")
+SERVER_URI_PREFIXES = ("http://", "https://")
+TRACKING_URI_FORMS = ("sqlite:///path/to/mlflow.db, postgresql://user@host/db, mysql://user@host/db "
+                      "(MLflow databases) or http(s)://host:port (an MLflow tracking server)")
+
+
+def is_sql_uri(uri: str) -> bool:
+    """An MLflow database: SQLite, PostgreSQL or MySQL (SQLAlchemy's URL forms)."""
+    return uri.startswith(SQL_URI_PREFIXES)
+
+
+def check_tracking_uri(uri: object) -> str:
+    """``uri`` if autolog can log to it, else a :class:`ValueError` that says what can."""
+    if isinstance(uri, str) and (is_sql_uri(uri) or uri.startswith(SERVER_URI_PREFIXES)):
+        return uri
+    if isinstance(uri, str) and (uri.startswith("file:") or "://" not in uri):
+        raise ValueError(
+            f"tracking URI {redact_uri(uri)!r} looks like an MLflow file store (./mlruns): autolog "
+            f"logs to {TRACKING_URI_FORMS}; copy a file store's runs into a database with: "
+            f"autolog sync --from {uri if uri.startswith('file:') else 'file:' + uri} "
+            "--to sqlite:///mlflow.db")
+    raise ValueError(f"tracking URI must be {TRACKING_URI_FORMS}, got {redact_uri(uri)!r}")

@@ -1,8 +1,10 @@
-"""End-to-end demo on the embedded store (./autolog.db): one autolog() line, real fits,
-each in a child run of one parent with the manual logging, then the run as `autolog runs
-show` prints it. One fit per run is how MLflow's UI compares them: three frameworks in one
-run would log three values for the params they share (XGBoost's and Lightning's
-``maximize``, say), which autolog keeps apart with a warning.
+"""End-to-end demo on the default store, MLflow's own ``./mlflow.db``: one autolog() line,
+real fits, each in a child run of one parent with the manual logging, then the runs as
+`autolog runs list` and `autolog runs show` print them, and as MLflow's client reads them
+(``mlflow ui`` in this directory shows the same). One fit per run is how MLflow's UI
+compares them: three frameworks in one run would log three values for the params they
+share (XGBoost's and Lightning's ``maximize``, say), which autolog keeps apart with a
+warning.
 
     .venv/bin/python examples/demo.py
 """
@@ -87,6 +89,24 @@ def main() -> None:
     for command in (["runs", "list"], ["runs", "show", run.id], ["runs", "show", sklearn_run.id]):
         print(f"\n$ autolog {' '.join(command)}")
         subprocess.run([cli, *command], check=True)
+    show_with_mlflow(run.id)
+
+
+def show_with_mlflow(run_id: str) -> None:
+    """The same runs through MLflow's own client, where MLflow is installed."""
+    try:
+        from mlflow import MlflowClient
+    except ImportError:
+        print("\n(pip install mlflow, then `mlflow ui` here, to browse these runs)")
+        return
+    client = MlflowClient()  # MLflow's default tracking URI: sqlite:///mlflow.db, here
+    parent = client.get_run(run_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    print(f"\nMLflowClient().get_run({run_id!r}): {parent.info.run_name}, {parent.info.status}, "
+          f"params {parent.data.params}, metrics {parent.data.metrics}")
+    print(f"children: {sorted(child.info.run_name for child in children)}")
+    print("Browse them: mlflow ui   (or: autolog ui), then open http://127.0.0.1:5000")
 
 
 if __name__ == "__main__":

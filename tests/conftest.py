@@ -24,7 +24,7 @@ def isolated_autolog(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AUTOLOG_SPOOL_DIR", str(tmp_path / "spool"))  # never ~/.autolog/spool
-    uri = f"sqlite:///{tmp_path / 'autolog.db'}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("AUTOLOG_TRACKING_URI", uri)
     settings.tracking_uri = settings.experiment = None
     settings.on_conflict, settings.silent = "namespace", False

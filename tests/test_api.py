@@ -201,7 +201,9 @@ def test_numpy_nan_and_inf_values(store_uri):
         autolog.log_metric("int", 7)
     metrics = autolog.get_run(run.id).metrics
     assert metrics["f32"] == 0.5 and metrics["int"] == 7.0 and metrics["arr"] == 3.0
-    assert math.isnan(metrics["nan"]) and metrics["inf"] == math.inf and metrics["ninf"] == -math.inf
+    # as MLflow's SQL store keeps them: NaN, and ±inf as ±max float
+    assert math.isnan(metrics["nan"]) and metrics["inf"] == sys.float_info.max
+    assert metrics["ninf"] == -sys.float_info.max
     assert autolog.get_metric_history(run.id, "f32")[0].step == 2
 
 
@@ -238,7 +240,7 @@ def test_experiments_and_search(store_uri, monkeypatch):
 
 def test_tracking_uri_resolution_order(tmp_path, monkeypatch):
     monkeypatch.delenv("AUTOLOG_TRACKING_URI")
-    assert autolog.get_tracking_uri() == "sqlite:///autolog.db"
+    assert autolog.get_tracking_uri() == "sqlite:///mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow-env.db")
     assert autolog.get_tracking_uri() == "sqlite:///mlflow-env.db"
     monkeypatch.setenv("AUTOLOG_TRACKING_URI", "sqlite:///autolog-env.db")

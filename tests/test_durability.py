@@ -24,13 +24,13 @@ from click.testing import CliRunner
 
 import autolog
 from autolog.cli import main
-from autolog.stores.sqlite import SQLiteStore
+from autolog.stores.sql.store import SqlStore
 from autolog.writer import BATCH_POINTS, get_writer
 
 
 def _stored(db_path, run_id: str, key: str = "m") -> tuple[list[int], str]:
     """Steps of ``key`` in the store at ``db_path``, sorted, and the run's status."""
-    store = SQLiteStore(f"sqlite:///{db_path}", create=False)
+    store = SqlStore(f"sqlite:///{db_path}", create=False)
     try:
         steps = [m.step for m in store.get_metric_history(run_id, key)]
         return sorted(steps), store.get_run(run_id).status
@@ -82,7 +82,7 @@ def test_end_run_on_a_locked_store_keeps_every_point_and_writes_them_later(
         tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOLOG_SQLITE_BUSY_TIMEOUT", "0.2")
     monkeypatch.setattr(get_writer(), "end_timeout", 1.0)
-    db_path = tmp_path / "autolog.db"
+    db_path = tmp_path / "mlflow.db"
     run = autolog.start_run()
     writer_lock = get_writer()._io_lock
     writer_lock.acquire()  # the thread's own attempts wait: the warnings come here
@@ -134,7 +134,7 @@ def small_tmpfs(tmp_path):
 
 
 def test_a_full_disk_spools_at_exit_and_sync_writes_every_point(tmp_path, small_tmpfs):
-    db_path = small_tmpfs / "autolog.db"
+    db_path = small_tmpfs / "mlflow.db"
     script = textwrap.dedent("""
         import autolog
         autolog.start_run()
@@ -157,7 +157,7 @@ def test_a_full_disk_spools_at_exit_and_sync_writes_every_point(tmp_path, small_
 
 def test_a_full_disk_under_the_store_and_the_spool_says_how_many_points_are_lost(
         tmp_path, small_tmpfs):
-    db_path = small_tmpfs / "autolog.db"
+    db_path = small_tmpfs / "mlflow.db"
     spool_dir = small_tmpfs / "spool"
     script = textwrap.dedent("""
         import autolog
@@ -210,7 +210,7 @@ def _start_and_lock(tmp_path, db_path, script: str, **env: str):
 
 
 def test_a_store_locked_at_exit_spools_and_sync_writes_every_point(tmp_path):
-    db_path = tmp_path / "autolog.db"
+    db_path = tmp_path / "mlflow.db"
     process, run_id, lock = _start_and_lock(tmp_path, db_path,
                                             _LOG_AFTER_GO.format(points=20_000))
     try:
@@ -223,12 +223,12 @@ def test_a_store_locked_at_exit_spools_and_sync_writes_every_point(tmp_path):
     assert _stored(db_path, run_id) == ([], "RUNNING")
     assert "sent 20,000 metric points" in _sync(tmp_path / "spool")
     assert _stored(db_path, run_id) == (list(range(20_000)), "FINISHED")
-    record = SQLiteStore(f"sqlite:///{db_path}", create=False).get_run(run_id)
+    record = SqlStore(f"sqlite:///{db_path}", create=False).get_run(run_id)
     assert record.params == {"lr": "0.1"} and record.tags["team"] == "vision"
 
 
 def test_sync_leaves_the_spool_while_the_store_is_still_locked(tmp_path):
-    db_path = tmp_path / "autolog.db"
+    db_path = tmp_path / "mlflow.db"
     process, run_id, lock = _start_and_lock(tmp_path, db_path,
                                             _LOG_AFTER_GO.format(points=1_000))
     try:
@@ -254,7 +254,7 @@ def test_sync_leaves_the_spool_while_the_store_is_still_locked(tmp_path):
 def test_back_pressure_on_a_locked_store_is_bounded_and_spills_to_the_spool(tmp_path):
     """600,000 points into a locked store, with the high-water mark at 50,000: no call
     waits long, memory stays bounded, and sync writes every point."""
-    db_path = tmp_path / "autolog.db"
+    db_path = tmp_path / "mlflow.db"
     script = textwrap.dedent("""
         import sys, time, autolog
         from autolog import run as run_module
@@ -294,7 +294,7 @@ def test_back_pressure_on_a_locked_store_is_bounded_and_spills_to_the_spool(tmp_
 
 
 def test_chdir_after_start_run_keeps_writing_to_the_same_store(tmp_path, monkeypatch):
-    autolog.set_tracking_uri("sqlite:///autolog.db")  # relative, the default's form
+    autolog.set_tracking_uri("sqlite:///mlflow.db")  # relative, the default's form
     run = autolog.start_run()
     elsewhere = tmp_path / "outputs" / "2026-11-27"
     elsewhere.mkdir(parents=True)
@@ -307,15 +307,15 @@ def test_chdir_after_start_run_keeps_writing_to_the_same_store(tmp_path, monkeyp
     flusher.join()
     assert run.pending_count() == 0
     autolog.end_run()
-    assert not (elsewhere / "autolog.db").exists()  # no empty store created here
-    assert _stored(tmp_path / "autolog.db", run.id) == (list(range(1_000)), "FINISHED")
-    assert run.store.uri == f"sqlite:///{tmp_path / 'autolog.db'}"
+    assert not (elsewhere / "mlflow.db").exists()  # no empty store created here
+    assert _stored(tmp_path / "mlflow.db", run.id) == (list(range(1_000)), "FINISHED")
+    assert run.store.uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def test_store_files_are_created_0600(tmp_path):
     previous = os.umask(0o022)  # the usual umask, which would give 0644
     try:
-        db_path = tmp_path / "private" / "autolog.db"
+        db_path = tmp_path / "private" / "mlflow.db"
         autolog.set_tracking_uri(f"sqlite:///{db_path}")
         with autolog.start_run():
             autolog.log_metric("m", 1.0)
@@ -344,7 +344,7 @@ _LOG_THEN_WAIT = textwrap.dedent("""
 
 
 def _terminate(tmp_path, before: str = "") -> tuple[subprocess.CompletedProcess, str]:
-    db_path = tmp_path / "autolog.db"
+    db_path = tmp_path / "mlflow.db"
     process = subprocess.Popen(
         [sys.executable, "-c", _LOG_THEN_WAIT.format(before=before)], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
@@ -360,7 +360,7 @@ def test_sigterm_writes_every_point_ends_the_run_killed_and_terminates(tmp_path)
     out, run_id = _terminate(tmp_path)
     assert out.returncode == -signal.SIGTERM, out.stderr
     assert out.stderr == ""  # nothing was left, so nothing to say
-    assert _stored(tmp_path / "autolog.db", run_id) == (list(range(100_000)), "KILLED")
+    assert _stored(tmp_path / "mlflow.db", run_id) == (list(range(100_000)), "KILLED")
 
 
 def test_sigterm_chains_to_the_users_own_handler(tmp_path):
@@ -373,7 +373,7 @@ def test_sigterm_chains_to_the_users_own_handler(tmp_path):
     out, run_id = _terminate(tmp_path, before)
     assert out.returncode == 3, out.stderr
     assert out.stdout == "user handler ran\n"
-    assert _stored(tmp_path / "autolog.db", run_id) == (list(range(100_000)), "KILLED")
+    assert _stored(tmp_path / "mlflow.db", run_id) == (list(range(100_000)), "KILLED")
 
 
 # -- values the store cannot encode --------------------------------------------------------------

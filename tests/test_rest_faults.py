@@ -391,7 +391,7 @@ def test_a_percent_encoded_password_is_sent_decoded(http_server):
 
 def test_no_message_shows_a_uri_password(tmp_path, http_server):
     bad_scheme = f"htp://bob:{SECRET}@h"
-    with autolog.start_run():  # the default store is tmp_path/autolog.db
+    with autolog.start_run():  # the default store is tmp_path/mlflow.db
         autolog.log_metric("m", 1.0)
     source = autolog.get_tracking_uri()
     with_password = f"http://bob:{SECRET}@{http_server.uri.removeprefix('http://')}"

@@ -6,7 +6,7 @@ import sys
 import threading
 
 from autolog.stores.base import Store, StoreError
-from autolog.uris import redact_uri
+from autolog.uris import SERVER_URI_PREFIXES, check_tracking_uri, is_sql_uri, redact_uri
 
 _open: dict[tuple[str, bool], Store] = {}
 _lock = threading.Lock()
@@ -15,15 +15,15 @@ _lock = threading.Lock()
 def open_store(uri: str, create: bool = True) -> Store:
     """The store for ``uri``, shared by every caller in this process.
 
-    ``sqlite:///path`` is the embedded store; ``http://`` and ``https://`` an MLflow
-    tracking server; a relative ``sqlite:///`` path is resolved against the working
-    directory now. With ``create=False`` a missing embedded store is an error instead of
-    a new file (for reading commands).
+    ``sqlite:///``, ``postgresql://`` and ``mysql://`` are MLflow databases;
+    ``http://`` and ``https://`` an MLflow tracking server; a relative ``sqlite:///``
+    path is resolved against the working directory now. With ``create=False`` a missing
+    SQLite file is an error instead of a new database (for reading commands).
     """
     if uri.startswith("sqlite:///"):
-        from autolog.stores.sqlite import absolute_uri
+        from autolog.stores.sql.dialects import absolute_sqlite_uri
 
-        uri = absolute_uri(uri)  # once, here: a later os.chdir must not move the store
+        uri = absolute_sqlite_uri(uri)  # once, here: a later os.chdir must not move the store
     with _lock:
         store = _open.get((uri, create)) or _open.get((uri, True))
         if store is None:
@@ -33,18 +33,19 @@ def open_store(uri: str, create: bool = True) -> Store:
 
 
 def _make(uri: str, create: bool) -> Store:
-    if uri.startswith("sqlite:///"):
-        from autolog.stores.sqlite import SQLiteStore
+    if is_sql_uri(uri):
+        from autolog.stores.sql.store import SqlStore
 
-        return SQLiteStore(uri, create=create)
-    if uri.startswith(("http://", "https://")):
+        return SqlStore(uri, create=create)
+    if uri.startswith(SERVER_URI_PREFIXES):
         from autolog.stores.mlflow_rest import open_remote_store
 
         return open_remote_store(uri)
-    raise StoreError(
-        f"unsupported tracking URI {redact_uri(uri)!r}: use sqlite:///path/to/file.db for the embedded "
-        "store or http(s)://host:port for an MLflow tracking server"
-    )
+    try:
+        check_tracking_uri(uri)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
+    raise StoreError(f"unsupported tracking URI {redact_uri(uri)!r}")
 
 
 def close_all() -> None:

@@ -89,9 +89,9 @@ from autolog.stores.mlflow_rest import (
     probe_client,
     tag_bodies,
 )
-from autolog.stores.sqlite import SQLiteStore
+from autolog.stores.sql.store import SqlStore
 from autolog.stores.sqlite_file import transaction
-from autolog.uris import redact_uri
+from autolog.uris import is_sql_uri, redact_uri
 from autolog.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
 SPOOL_DIR_ENV = "AUTOLOG_SPOOL_DIR"
@@ -1357,7 +1357,7 @@ class EmbeddedDestination:
 
     def __init__(self, uri: str):
         self.uri = uri
-        self._store = SQLiteStore(uri, create=False)
+        self._store = SqlStore(uri, create=False)
 
     def _call(self, write: Callable[[], None]) -> None:
         try:
@@ -1389,7 +1389,7 @@ class EmbeddedDestination:
 
 def destination(uri: str) -> MlflowRestClient | EmbeddedDestination:
     """Where a spool recorded for ``uri`` is sent."""
-    return EmbeddedDestination(uri) if uri.startswith("sqlite:///") else MlflowRestClient(uri)
+    return EmbeddedDestination(uri) if is_sql_uri(uri) else MlflowRestClient(uri)
 
 
 def _release(spool: SpoolFile, outcome: SpoolOutcome) -> None:
