@@ -201,18 +201,22 @@ def experiments_list(tracking_uri: str | None, as_json: bool) -> None:
 @main.command("sync")
 @click.argument("spools", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--from", "source", metavar="URI", default=None,
-              help="Copy runs from this store (sqlite:///path.db or http(s)://host:port).")
+              help="Copy runs from this store: sqlite:///path.db (an MLflow database, or a "
+              "file autolog 0.1 wrote in its own format), an MLflow file store (./mlruns or "
+              "file:///abs/path/mlruns), or http(s)://host:port.")
 @click.option("--to", "dest", metavar="URI", default=None,
-              help="With --from: copy runs into this store. Alone: send the spools to this "
-              "MLflow server, whatever server they name.")
+              help="With --from: copy runs into this store (a tracking URI, e.g. "
+              "sqlite:///mlflow.db). Alone: send the spools to this MLflow server "
+              "(http(s)://host:port), whatever server they name.")
 @click.option("--experiment", "-e", "experiments", multiple=True,
               help="With --from/--to: copy only this experiment (repeatable; default: all).")
 @click.option("--spool-dir", type=click.Path(file_okay=False, path_type=Path),
               envvar="AUTOLOG_SPOOL_DIR", default=None,
               help="Spools to send (default: $AUTOLOG_SPOOL_DIR, then ~/.autolog/spool).")
 @click.option("--dry-run", is_flag=True,
-              help="Show what each spool would send where (runs, points, batches, damaged "
-              "or unsendable ones); send nothing.")
+              help="Write nothing; show what would be done. With --from: the runs, params, "
+              "tags and metric points each experiment would have copied. Without: what each "
+              "spool would send where (runs, points, batches, damaged or unsendable ones).")
 def sync_command(spools: tuple[Path, ...], source: str | None, dest: str | None,
                  experiments: tuple[str, ...], spool_dir: Path | None, dry_run: bool) -> None:
     """Send what spools hold to their MLflow servers, or copy runs between two stores.
@@ -221,9 +225,17 @@ def sync_command(spools: tuple[Path, ...], source: str | None, dest: str | None,
     (data kept while a server was down, or left by a process that exited or was killed).
     A spool is sent to the server it names only if that is the configured tracking
     server ($AUTOLOG_TRACKING_URI, then $MLFLOW_TRACKING_URI); --to URI sends it there
-    instead. With --from and --to: copy runs, experiments matched by name; running it
-    again copies only what is new. Credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD
-    or MLFLOW_TRACKING_TOKEN. Exits 1 when anything was left unsent; --dry-run exits 0.
+    instead.
+
+    With --from and --to: copy runs, experiments matched by name: each run's name,
+    status, times, params, tags, every metric point and its parent link. Running it
+    again copies only what is new. This is also how runs leave the stores autolog no
+    longer writes to: an autolog 0.1 file (autolog sync --from sqlite:///autolog.db --to
+    sqlite:///mlflow.db) or an MLflow file store (autolog sync --from ./mlruns --to
+    sqlite:///mlflow.db). Artifacts are not copied.
+
+    Credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN.
+    Exits 1 when anything was left unsent; --dry-run exits 0.
     """
     from autolog import sync
 
@@ -232,10 +244,7 @@ def sync_command(spools: tuple[Path, ...], source: str | None, dest: str | None,
             raise click.UsageError("--from and --to go together")
         if spools:
             raise click.UsageError("spool files go without --from")
-        if dry_run:
-            raise click.UsageError("--dry-run shows what spools would send; it goes without "
-                                   "--from")
-        click.echo(sync.copy_between(source, dest, experiments).summary())
+        click.echo(sync.copy_between(source, dest, experiments, dry_run=dry_run).summary())
         return
     if experiments:
         raise click.UsageError("--experiment goes with --from and --to")

@@ -1,5 +1,12 @@
 """``autolog sync``: send what spools hold, and copy runs between any two stores.
 
+Copies read from any store autolog writes to, and from the two it no longer writes: a
+file in autolog v0.1's own format (:mod:`autolog.stores.v01`) and MLflow's ``file:``
+stores (:mod:`autolog.stores.mlflow_file`). Every experiment (by name) and run is copied:
+name, status, start and end time, params, tags (MLflow's system tags too), every metric
+point, and the parent link, pointed at the parent's copy. Artifacts are not copied: the
+copy says so when the source has some.
+
 Copying is idempotent and incremental. A copied run carries the tag
 ``autolog.source_run_id``; a later copy finds it by that tag and sends only what the
 destination lacks: params it does not have, tags that differ, metric points it does not
@@ -9,15 +16,14 @@ back into that run instead of being copied again. Params never overwrite: a key 
 destination holds with another value is reported, not sent.
 
 Histories stream in pages (:data:`PAGE_POINTS`), so memory does not grow with a run.
-Per key, the points each side holds are counted first (from the embedded store's chunk
-headers, without reading a point; by paging through a server's history): a key the copy
-holds as many points of as the source is taken as copied and not read again, which
-makes a re-sync with nothing new cheap. Only a key whose counts differ is compared point
-by point, holding at most :data:`HELD_POINTS` of the copy's points at once (a larger key
-is compared in several passes, each over the points whose identity hashes to it). (A
-copy only ``autolog sync``
-writes to stays exact this way; points logged into a copy by hand could mask as many
-missing ones.)
+Per key, the points each side holds are counted first (without reading a point where
+the store can count them, as a v0.1 file's chunk rows do; else by paging through the
+history): a key the copy holds as many points of as the source is taken as copied and
+not read again, which makes a re-sync with nothing new cheap. Only a key whose counts
+differ is compared point by point, holding at most :data:`HELD_POINTS` of the copy's
+points at once (a larger key is compared in several passes, each over the points whose
+identity hashes to it). (A copy only ``autolog sync`` writes to stays exact this way;
+points logged into a copy by hand could mask as many missing ones.)
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from autolog.stores import open_store
-from autolog.stores.base import Experiment, MetricRow, RunRecord, Store, StoreError
+from autolog.stores.base import RUNNING, Experiment, MetricRow, RunRecord, Store, StoreError
+from autolog.stores.mlflow_file import MlflowFileStore, is_file_store_uri
 from autolog.stores.mlflow_rest import MlflowRestClient
 from autolog.stores.spool import (
     SpoolOutcome,
@@ -44,6 +51,7 @@ from autolog.stores.spool import (
     send_spool_file,
     spool_files,
 )
+from autolog.stores.v01 import V01Store, is_v01_file
 from autolog.uris import redact_uri
 
 SOURCE_RUN_TAG = "autolog.source_run_id"
@@ -102,14 +110,25 @@ class CopyReport:
     params: int = 0
     tags: int = 0
     conflicts: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what a copy leaves out, and why
+    dry_run: bool = False
+    plans: list[str] = field(default_factory=list)  # per experiment, in a dry run
     seconds: float = 0.0
 
     def summary(self) -> str:
-        """What was copied: the final line a copy prints, on a terminal or not."""
-        lines = [f"runs: {self.runs_created} created, {self.runs_updated} updated, "
-                 f"{self.runs_unchanged} already up to date; copied {self.points:,} metric "
-                 f"points, {self.params} params, {self.tags} tags in {self.seconds:.1f} s"]
+        """What was copied (or, in a dry run, would be): the lines a copy prints, on a
+        terminal or not."""
+        if self.dry_run:
+            lines = [*self.plans,
+                     f"dry run, nothing written: would create {self.runs_created} runs, update "
+                     f"{self.runs_updated}, leave {self.runs_unchanged} as they are; would copy "
+                     f"{self.points:,} metric points, {self.params} params, {self.tags} tags"]
+        else:
+            lines = [f"runs: {self.runs_created} created, {self.runs_updated} updated, "
+                     f"{self.runs_unchanged} already up to date; copied {self.points:,} metric "
+                     f"points, {self.params} params, {self.tags} tags in {self.seconds:.1f} s"]
         lines.extend(f"not copied: {conflict}" for conflict in self.conflicts)
+        lines.extend(self.notes)
         return "\n".join(lines)
 
 
@@ -121,27 +140,50 @@ def open_for_copy(uri: str, create: bool) -> Store:
     return open_store(uri, create=create)
 
 
+def open_source(uri: str) -> Store:
+    """The store to copy from: besides every store :func:`open_for_copy` opens, a file in
+    autolog v0.1's format (``sqlite:///autolog.db``, told apart by its content) and an
+    MLflow file store (``./mlruns``, ``file:///abs/mlruns``)."""
+    if uri.startswith("sqlite:///") and is_v01_file(uri.removeprefix("sqlite:///")):
+        return V01Store(uri.removeprefix("sqlite:///"))
+    if is_file_store_uri(uri):
+        return MlflowFileStore(uri)
+    return open_for_copy(uri, create=False)
+
+
+def _open_destination(uri: str, dry_run: bool) -> Store | None:
+    """The store to copy into; in a dry run, None for a SQLite file that does not exist
+    yet (a copy would create it empty), and nothing is created."""
+    if dry_run and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return None
+    return open_for_copy(uri, create=not dry_run)
+
+
 def copy_between(source_uri: str, dest_uri: str, experiments: Sequence[str] = (),
-                 progress: bool | None = None) -> CopyReport:
-    source = open_for_copy(source_uri, create=False)
-    dest = open_for_copy(dest_uri, create=True)
+                 progress: bool | None = None, dry_run: bool = False) -> CopyReport:
+    """Copy runs from ``source_uri`` (see :func:`open_source`) into ``dest_uri``, or with
+    ``dry_run`` only say what would be copied, writing nothing."""
+    source = open_source(source_uri)
+    dest = None
     started = time.monotonic()
     try:
-        if source.uri == dest.uri:  # as the stores resolve them (sqlite:///./x.db is x.db)
+        dest = _open_destination(dest_uri, dry_run)
+        if dest is not None and source.uri == dest.uri:  # as the stores resolve them
             raise ValueError(f"--from and --to are the same store: {redact_uri(source_uri)}")
-        report = copy_runs(source, dest, experiments, progress)
+        report = copy_runs(source, dest, experiments, progress, dry_run=dry_run)
         report.seconds = time.monotonic() - started
         return report
     finally:
-        for store in (source, dest):
-            if isinstance(store, MlflowRestClient):
+        for store in (source, dest):  # those opened here; open_store's are shared
+            if isinstance(store, (MlflowRestClient, V01Store, MlflowFileStore)):
                 store.close()
 
 
-def copy_runs(source: Store, dest: Store, experiments: Sequence[str] = (),
-              progress: bool | None = None) -> CopyReport:
+def copy_runs(source: Store, dest: Store | None, experiments: Sequence[str] = (),
+              progress: bool | None = None, dry_run: bool = False) -> CopyReport:
     """Copy the runs of ``experiments`` (default: all) from ``source`` into ``dest``,
-    experiments matched by name. ``progress=None`` shows a bar only on a terminal."""
+    experiments matched by name. ``progress=None`` shows a bar only on a terminal. With
+    ``dry_run`` nothing is written, and ``dest`` may be None (a store not created yet)."""
     chosen = source.list_experiments()
     if experiments:
         missing = sorted(set(experiments) - {e.name for e in chosen})
@@ -150,26 +192,62 @@ def copy_runs(source: Store, dest: Store, experiments: Sequence[str] = (),
         chosen = [e for e in chosen if e.name in experiments]
     work = [(experiment, parents_first(source.search_runs([experiment.experiment_id], ALL_RUNS)))
             for experiment in chosen]
-    report = CopyReport()
+    report = CopyReport(dry_run=dry_run)
+    report.notes.extend(_left_out(source, [record for _, runs in work for record in runs],
+                                  whole=not experiments))
     id_map: dict[str, str] = {}  # source run id -> destination run id, for parent links
     total = None  # known up front only where counting costs no read of the points
     if hasattr(source, "metric_counts"):
         total = sum(sum(source.metric_counts(record.info.run_id).values())
                     for _, runs in work for record in runs)
-    with tqdm(total=total, unit="point", desc="copying",
+    with tqdm(total=total, unit="point", desc="examining" if dry_run else "copying",
               disable=None if progress is None else not progress) as bar:
         for experiment, runs in work:
-            target = dest.get_or_create_experiment(experiment.name)
-            existing = dest.search_runs([target.experiment_id], ALL_RUNS)
+            if dry_run:
+                target = dest.get_experiment_by_name(experiment.name) if dest is not None else None
+            else:
+                target = dest.get_or_create_experiment(experiment.name)
+            existing = dest.search_runs([target.experiment_id], ALL_RUNS) if target else []
             by_id = {record.info.run_id: record for record in existing}
             by_source = {record.tags[SOURCE_RUN_TAG]: record for record in existing
                          if SOURCE_RUN_TAG in record.tags}
             id_map.update({source_id: record.info.run_id for source_id, record in by_source.items()})
+            before = _tally(report)
             for record in runs:
                 copy = by_source.get(record.info.run_id) or by_id.get(
                     record.tags.get(SOURCE_RUN_TAG, ""))
-                _copy_run(source, dest, target, record, copy, id_map, report, bar.update)
+                _copy_run(source, dest, target, record, copy, id_map, report, bar.update, dry_run)
+            if dry_run:
+                created, updated, unchanged, points = (
+                    now - then for now, then in zip(_tally(report), before))
+                report.plans.append(
+                    f"experiment {experiment.name!r}{'' if target else ' (new)'}: {created} runs "
+                    f"to create, {updated} to update, {unchanged} up to date; {points:,} metric "
+                    "points to copy")
     return report
+
+
+def _tally(report: CopyReport) -> tuple[int, int, int, int]:
+    return report.runs_created, report.runs_updated, report.runs_unchanged, report.points
+
+
+def _left_out(source: Store, records: Sequence[RunRecord], whole: bool) -> list[str]:
+    """Lines that say what of ``source`` a copy of ``records`` leaves out: the artifacts
+    of a file store's runs, the experiments and runs in its trash (its experiments there
+    only when ``whole``, a copy of every experiment)."""
+    notes = []
+    if hasattr(source, "runs_with_artifacts"):
+        having = source.runs_with_artifacts(records)
+        if having:
+            notes.append(f"artifacts are not copied: {len(having)} of the {len(records)} runs have "
+                         f"some in {source.uri} (sync copies params, tags, metrics and status)")
+    if hasattr(source, "deleted_runs"):
+        experiments = len(source.deleted_experiments()) if whole else 0
+        runs = source.deleted_runs({record.info.experiment_id for record in records})
+        if experiments or runs:
+            notes.append(f"not copied, in the trash of {source.uri}: {experiments} deleted "
+                         f"experiment(s), {runs} deleted run(s)")
+    return notes
 
 
 def parents_first(runs: Sequence[RunRecord]) -> list[RunRecord]:
@@ -191,54 +269,54 @@ def parents_first(runs: Sequence[RunRecord]) -> list[RunRecord]:
     return ordered
 
 
-def _copy_run(source: Store, dest: Store, experiment: Experiment, record: RunRecord,
-              copy: RunRecord | None, id_map: dict[str, str], report: CopyReport,
-              examined: Callable[[int], object] = lambda points: None) -> None:
+def _copy_run(source: Store, dest: Store | None, experiment: Experiment | None,
+              record: RunRecord, copy: RunRecord | None, id_map: dict[str, str],
+              report: CopyReport, examined: Callable[[int], object] = lambda points: None,
+              dry_run: bool = False) -> None:
     info = record.info
     tags = dict(record.tags)
     if tags.get(PARENT_RUN_TAG) in id_map:
         tags[PARENT_RUN_TAG] = id_map[tags[PARENT_RUN_TAG]]
     created = copy is None
+    keys = sorted(record.metrics)
     if copy is None:
-        copy = RunRecord(dest.create_run(experiment.experiment_id, info.run_name,
-                                         info.start_time, {**tags, SOURCE_RUN_TAG: info.run_id}))
-        report.tags += len(tags)
-        new_tags: dict[str, str] = {}
+        new_params, new_tags = dict(record.params), tags
+        status_changed = (info.status, info.end_time) != (RUNNING, None)  # a new run's
     else:
+        id_map[info.run_id] = copy.info.run_id
+        new_params = {key: value for key, value in record.params.items() if key not in copy.params}
         new_tags = {key: value for key, value in tags.items()
                     if key != SOURCE_RUN_TAG and copy.tags.get(key) != value}
-    run_id = copy.info.run_id
-    id_map[info.run_id] = run_id
+        status_changed = (copy.info.status, copy.info.end_time) != (info.status, info.end_time)
+        report.conflicts.extend(
+            f"param {key!r} of run {info.run_id}: {value!r} in {source.uri}, "
+            f"{copy.params[key]!r} in {dest.uri} (run {copy.info.run_id})"
+            for key, value in record.params.items()
+            if key in copy.params and copy.params[key] != value)
 
-    new_params = {key: value for key, value in record.params.items() if key not in copy.params}
-    report.conflicts.extend(
-        f"param {key!r} of run {info.run_id}: {value!r} in {source.uri}, "
-        f"{copy.params[key]!r} in {dest.uri} (run {run_id})"
-        for key, value in record.params.items()
-        if key in copy.params and copy.params[key] != value)
-    if new_params:
-        dest.log_batch(run_id, params=new_params)
-    if new_tags:
-        dest.log_batch(run_id, tags=new_tags)
-    points = 0
-    batch: list[MetricRow] = []
-    missing = _missing_points(source, dest, info.run_id, None if created else copy,
-                              sorted(record.metrics), examined)
-    for point in missing:
-        batch.append(point)
-        if len(batch) == POINTS_PER_CALL:
-            dest.log_batch(run_id, metrics=batch)
-            points += len(batch)
-            batch = []
-    if batch:
-        dest.log_batch(run_id, metrics=batch)
-        points += len(batch)
-    status_changed = (copy.info.status, copy.info.end_time) != (info.status, info.end_time)
-    if status_changed:
-        dest.update_run(run_id, info.status, info.end_time)
+    if dry_run and copy is None:
+        points = sum(metric_counts(source, info.run_id, keys).values())
+        examined(points)
+    elif dry_run:
+        points = sum(1 for _ in _missing_points(source, dest, info.run_id, copy, keys, examined))
+    else:
+        missing = _missing_points(source, dest, info.run_id, copy, keys, examined)
+        if copy is None:
+            copy = RunRecord(dest.create_run(experiment.experiment_id, info.run_name,
+                                             info.start_time, {**tags, SOURCE_RUN_TAG: info.run_id}))
+            id_map[info.run_id] = copy.info.run_id
+            new_tags = {}  # created with the run
+        run_id = copy.info.run_id
+        if new_params:
+            dest.log_batch(run_id, params=new_params)
+        if new_tags:
+            dest.log_batch(run_id, tags=new_tags)
+        points = _send(dest, run_id, missing)
+        if status_changed:
+            dest.update_run(run_id, info.status, info.end_time)
 
     report.params += len(new_params)
-    report.tags += len(new_tags)
+    report.tags += len(tags) if created else len(new_tags)
     report.points += points
     if created:
         report.runs_created += 1
@@ -246,6 +324,22 @@ def _copy_run(source: Store, dest: Store, experiment: Experiment, record: RunRec
         report.runs_updated += 1
     else:
         report.runs_unchanged += 1
+
+
+def _send(dest: Store, run_id: str, points: Iterator[MetricRow]) -> int:
+    """Write ``points`` into the run in batches of :data:`POINTS_PER_CALL`; how many."""
+    sent = 0
+    batch: list[MetricRow] = []
+    for point in points:
+        batch.append(point)
+        if len(batch) == POINTS_PER_CALL:
+            dest.log_batch(run_id, metrics=batch)
+            sent += len(batch)
+            batch = []
+    if batch:
+        dest.log_batch(run_id, metrics=batch)
+        sent += len(batch)
+    return sent
 
 
 _PACK_IDENTITY = struct.Struct("<qqd").pack
