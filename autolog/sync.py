@@ -190,7 +190,7 @@ def copy_runs(source: Store, dest: Store | None, experiments: Sequence[str] = ()
         if missing:
             raise StoreError(f"no experiment named {', '.join(map(repr, missing))} in {source.uri}")
         chosen = [e for e in chosen if e.name in experiments]
-    work = [(experiment, parents_first(source.search_runs([experiment.experiment_id], ALL_RUNS)))
+    work = [(experiment, parents_first(source.search_runs([experiment.experiment_id], max_results=ALL_RUNS)))
             for experiment in chosen]
     report = CopyReport(dry_run=dry_run)
     report.notes.extend(_left_out(source, [record for _, runs in work for record in runs],
@@ -207,7 +207,7 @@ def copy_runs(source: Store, dest: Store | None, experiments: Sequence[str] = ()
                 target = dest.get_experiment_by_name(experiment.name) if dest is not None else None
             else:
                 target = dest.get_or_create_experiment(experiment.name)
-            existing = dest.search_runs([target.experiment_id], ALL_RUNS) if target else []
+            existing = dest.search_runs([target.experiment_id], max_results=ALL_RUNS) if target else []
             by_id = {record.info.run_id: record for record in existing}
             by_source = {record.tags[SOURCE_RUN_TAG]: record for record in existing
                          if SOURCE_RUN_TAG in record.tags}

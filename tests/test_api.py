@@ -231,8 +231,10 @@ def test_experiments_and_search(store_uri, monkeypatch):
     with autolog.start_run() as third:
         pass
     assert [r.run_id for r in autolog.search_runs("team/project/model")] == [first.id]
-    assert [r.run_id for r in autolog.search_runs(["team/project/other", "from-env"])] == [
-        third.id, second.id]
+    found = autolog.search_runs(["team/project/other", "from-env"])  # newest first, as MLflow
+    assert [r.run_id for r in found] == [r.run_id for r in sorted(
+        found, key=lambda r: (-r.info.start_time, r.run_id))]
+    assert {r.run_id for r in found} == {second.id, third.id}
     assert autolog.search_runs("no-such-experiment") == []
     with pytest.raises(ValueError, match="experiment name"):
         autolog.set_experiment("")

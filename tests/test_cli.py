@@ -54,7 +54,7 @@ def test_runs_show(logged_run):
 
 def test_experiments_list(logged_run):
     out = invoke("experiments", "list", "--json")
-    assert [e["name"] for e in json.loads(out.output)] == ["team/proj"]
+    assert [e["name"] for e in json.loads(out.output)] == ["Default", "team/proj"]  # MLflow's 0
 
 
 def test_unknown_run_and_experiment_exit_non_zero(logged_run):
@@ -67,10 +67,10 @@ def test_unknown_run_and_experiment_exit_non_zero(logged_run):
 def test_missing_store_is_an_error_not_a_new_file(tmp_path):
     uri = f"sqlite:///{tmp_path / 'absent.db'}"
     out = invoke("runs", "list", "--tracking-uri", uri)
-    assert out.exit_code == 1 and "no autolog store" in out.output
+    assert out.exit_code == 1 and "no MLflow database" in out.output
     assert not (tmp_path / "absent.db").exists()
     bad = invoke("runs", "list", "--tracking-uri", "ftp://x")
-    assert bad.exit_code == 1 and "unsupported tracking URI" in bad.output
+    assert bad.exit_code == 1 and "tracking URI must be" in bad.output
 
 
 def test_installed_console_script(logged_run, store_uri):

@@ -66,7 +66,7 @@ def script(L, root: str) -> None:  # noqa: N803
 @pytest.mark.parametrize("package", ["pytorch_lightning", "lightning.pytorch"])
 def test_autolog_logs_everything_mlflow_logs(package, tmp_path):
     L = importlib.import_module(package)  # noqa: N806
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow-own.db'}")
     mlflow.pytorch.autolog(log_models=False, checkpoint=False, silent=True)
     try:
         with mlflow.start_run() as mlflow_run:

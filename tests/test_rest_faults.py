@@ -408,7 +408,7 @@ def test_no_message_shows_a_uri_password(tmp_path, http_server):
         assert result.exit_code != 0, name
         assert SECRET not in result.output, (name, result.output)
         assert "bob:***@" in result.output, (name, result.output)
-    assert "unsupported tracking URI 'htp://bob:***@h'" in results["runs list"].output
+    assert "got 'htp://bob:***@h'" in results["runs list"].output
     assert "--from and --to are the same store" in results["sync --from X --to X"].output
 
     with pytest.raises(ValueError) as refused:

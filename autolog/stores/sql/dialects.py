@@ -158,7 +158,7 @@ class SQLiteDialect(Dialect):
         return isinstance(exc, sqlite3.OperationalError)
 
     def bad_value(self, exc: BaseException) -> bool:
-        return isinstance(exc, (sqlite3.InterfaceError, sqlite3.DataError, OverflowError))
+        return isinstance(exc, (sqlite3.InterfaceError, sqlite3.DataError))
 
 
 class _ServerDialect(Dialect):

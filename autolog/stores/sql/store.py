@@ -56,6 +56,7 @@ _NEWER = ("UPDATE latest_metrics SET value = ?, timestamp = ?, step = ?, is_nan 
 
 def stored_value(value: float) -> tuple[float, bool]:
     """(value as MLflow's SQL store keeps it, is_nan)."""
+    value = float(value)  # an int value is a float metric, as MLflow stores it
     if value != value:
         return 0.0, True
     if math.isinf(value):
@@ -69,7 +70,7 @@ def _driver_errors(method):
     def call(self: SqlStore, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except (StoreError, ValueError, TypeError, LookupError):
+        except (StoreError, ValueError, TypeError, OverflowError, LookupError):
             raise
         except Exception as exc:
             if self.dialect.bad_value(exc):
