@@ -203,3 +203,51 @@ def test_sixteen_processes_start_at_once_on_a_fresh_file(tmp_path):
         assert sorted(m.step for m in history) == list(range(POINTS))
         assert all(m.value == m.step * 0.5 for m in history)
     assert [e.name for e in client.search_experiments()] == ["concurrent", "Default"]
+
+
+# -- SIGKILL: at most one flush interval lost -----------------------------------------------
+
+_LOG_UNTIL_KILLED = """
+import sys, time
+import autolog
+run = autolog.start_run()
+print("run", run.id, flush=True)
+step = 0
+while True:
+    for _ in range(500):
+        autolog.log_metric("m", float(step), step=step)
+        step += 1
+    print("logged", step, time.time(), flush=True)
+    time.sleep(0.01)
+"""
+
+
+def test_sigkill_loses_at_most_one_flush_interval(tmp_path):
+    """The writer commits every AUTOLOG_FLUSH_INTERVAL: what was logged up to one
+    interval (plus one write in progress) before the kill is in the database, read by
+    MLflow's client, as a gapless prefix of the steps."""
+    import signal
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'killed.db'}"
+    interval, one_write = 0.2, 0.5  # the write in progress may take this long under load
+    child = subprocess.Popen([sys.executable, "-c", _LOG_UNTIL_KILLED], stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "AUTOLOG_TRACKING_URI": uri,
+                                             "AUTOLOG_FLUSH_INTERVAL": str(interval)})
+    run_id = child.stdout.readline().split()[1]
+    logged: list[tuple[int, float]] = []
+    started = time.time()
+    while time.time() - started < 3.0:
+        _, step, at = child.stdout.readline().split()
+        logged.append((int(step), float(at)))
+    child.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    child.wait(timeout=30)
+    steps = sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, "m"))
+    assert steps == list(range(len(steps)))  # what is there has no gap
+    surely_written = max(step for step, at in logged if at <= killed_at - interval - one_write)
+    assert len(steps) >= surely_written, (len(steps), surely_written, logged[-1])
+    assert MlflowClient(uri).get_run(run_id).info.status == "RUNNING"  # killed: no end
