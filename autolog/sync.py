@@ -148,7 +148,7 @@ def copy_runs(source: Store, dest: Store, experiments: Sequence[str] = (),
         if missing:
             raise StoreError(f"no experiment named {', '.join(map(repr, missing))} in {source.uri}")
         chosen = [e for e in chosen if e.name in experiments]
-    work = [(experiment, parents_first(source.search_runs([experiment.experiment_id], ALL_RUNS)))
+    work = [(experiment, parents_first(source.search_runs([experiment.experiment_id], max_results=ALL_RUNS)))
             for experiment in chosen]
     report = CopyReport()
     id_map: dict[str, str] = {}  # source run id -> destination run id, for parent links
@@ -160,7 +160,7 @@ def copy_runs(source: Store, dest: Store, experiments: Sequence[str] = (),
               disable=None if progress is None else not progress) as bar:
         for experiment, runs in work:
             target = dest.get_or_create_experiment(experiment.name)
-            existing = dest.search_runs([target.experiment_id], ALL_RUNS)
+            existing = dest.search_runs([target.experiment_id], max_results=ALL_RUNS)
             by_id = {record.info.run_id: record for record in existing}
             by_source = {record.tags[SOURCE_RUN_TAG]: record for record in existing
                          if SOURCE_RUN_TAG in record.tags}

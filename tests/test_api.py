@@ -231,7 +231,10 @@ def test_experiments_and_search(store_uri, monkeypatch):
     assert [r.run_id for r in autolog.search_runs("team/project/model")] == [first.id]
     assert [r.run_id for r in autolog.search_runs(["team/project/other", "from-env"])] == [
         third.id, second.id]
-    assert autolog.search_runs("no-such-experiment") == []
+    with pytest.raises(ValueError, match="no experiment named 'no-such-experiment' in sqlite:///"):
+        autolog.search_runs(["team/project/model", "no-such-experiment"])
+    monkeypatch.setenv("AUTOLOG_EXPERIMENT", "no-run-yet")  # the current one: no error
+    assert autolog.search_runs("no-run-yet") == autolog.search_runs() == []
     with pytest.raises(ValueError, match="experiment name"):
         autolog.set_experiment("")
 

@@ -366,7 +366,15 @@ class SQLiteStore:
     def server_run_id(self, run_id: str) -> str:
         return run_id
 
-    def search_runs(self, experiment_ids: Iterable[str], max_results: int = 1000) -> list[RunRecord]:
+    def search_runs(self, experiment_ids: Iterable[str], filter_string: str = "",
+                    order_by: Sequence[str] = (), max_results: int = 1000) -> list[RunRecord]:
+        """Runs newest first. This file is not in MLflow's schema, so MLflow's search
+        cannot read it: a filter or an order is not supported here."""
+        if filter_string or order_by:
+            raise NotImplementedError(
+                f"{self.uri} is autolog's own format, which MLflow's search cannot read: copy it "
+                f"into an MLflow database (autolog sync --from {self.uri} --to sqlite:///mlflow.db) "
+                "to filter or order its runs")
         ids = [int(i) for i in experiment_ids]
         if not ids:
             return []

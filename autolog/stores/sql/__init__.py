@@ -1,0 +1,1 @@
+"""MLflow's schema on SQLite, PostgreSQL and MySQL."""
