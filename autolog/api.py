@@ -7,7 +7,8 @@ about params, the writer writes, the store stores.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from autolog import run as _run
@@ -18,7 +19,7 @@ from autolog.lifecycle import start_run as start_run
 from autolog.run import Run, user_call_site
 from autolog.stores import check_configuration
 from autolog.stores.base import Experiment, Metric, RunRecord, Store
-from autolog.uris import check_tracking_uri
+from autolog.uris import check_tracking_uri, redact_uri
 from autolog.validation import check_experiment_name
 from autolog.writer import get_writer
 
@@ -151,13 +152,70 @@ def get_metric_history(run_id: str, key: str) -> list[Metric]:
 
 
 def search_runs(
-    experiment: str | Iterable[str] | None = None, *, max_results: int = 1000
-) -> list[RunRecord]:
-    """Runs of one experiment name (or several), newest first; default: the current one."""
+    experiment: str | Iterable[str] | None = None,
+    filter_string: str = "",
+    *,
+    order_by: str | Sequence[str] | None = None,
+    max_results: int = 1000,
+    output_format: str = "list",
+) -> Any:
+    """Runs of an experiment (a name, or a list of names; default: the current one) as
+    MLflow's ``search_runs`` finds them: its grammar, the same runs, the same order.
+
+    ``filter_string`` is MLflow's (``"metrics.acc > 0.9 AND params.model = 'cnn'"``),
+    ``order_by`` a list of MLflow's order expressions (``["metrics.acc DESC"]``; default:
+    newest first). An expression MLflow refuses raises :class:`ValueError` with MLflow's
+    message, and so does an experiment name that does not exist (unless it is the current
+    experiment, which has no runs yet then). ``output_format="pandas"``
+    gives a DataFrame shaped like MLflow's (``run_id``, ``experiment_id``, ``status``,
+    ``start_time``, ``end_time``, ``metrics.*``, ``params.*``, ``tags.*``); else a list of
+    :class:`~autolog.RunRecord`.
+    """
+    if output_format not in ("list", "pandas"):
+        raise ValueError(f'output_format must be "list" or "pandas", got {output_format!r}')
+    if not isinstance(filter_string, str):
+        raise TypeError(f"filter_string must be a str, got {type(filter_string).__name__}")
+    order = [order_by] if isinstance(order_by, str) else list(order_by or ())
+    if not all(isinstance(clause, str) for clause in order):
+        raise TypeError(f"order_by must be a list of str, got {order_by!r}")
+    if isinstance(max_results, bool) or not isinstance(max_results, int) or max_results < 1:
+        raise ValueError(f"max_results must be a positive int, got {max_results!r}")
+    pandas = _pandas() if output_format == "pandas" else None
     get_writer().flush()
     store = current_store()
-    names = [experiment] if isinstance(experiment, str) else list(experiment or [])
-    names = names or [settings.resolved_experiment()]
-    ids = [exp.experiment_id for exp in map(store.get_experiment_by_name, names) if exp]
-    return store.search_runs(ids, max_results=max_results)
+    current = settings.resolved_experiment()
+    names = [current] if experiment is None else [experiment] if isinstance(experiment, str) else experiment
+    ids = []
+    for name in names:
+        found = store.get_experiment_by_name(name)
+        if found is not None:
+            ids.append(found.experiment_id)
+        elif name != current:  # the current one is created with its first run: none yet is no error
+            raise ValueError(f"no experiment named {name!r} in {redact_uri(store.uri)}")
+    records = store.search_runs(ids, filter_string, order, max_results)
+    return records if pandas is None else _runs_frame(pandas, records)
 
+
+def _pandas():
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError('output_format="pandas" needs pandas: pip install "autolog-ml[pandas]"') from None
+    return pandas
+
+
+def _runs_frame(pandas, records: list[RunRecord]):
+    """The DataFrame ``mlflow.search_runs`` gives, less its ``artifact_uri`` column: a
+    missing metric is NaN, a missing param or tag None; times are UTC timestamps."""
+    columns: dict[str, Any] = {
+        "run_id": [r.info.run_id for r in records],
+        "experiment_id": [r.info.experiment_id for r in records],
+        "status": [r.info.status for r in records],
+        "start_time": pandas.to_datetime([r.info.start_time for r in records], unit="ms", utc=True),
+        "end_time": pandas.to_datetime([r.info.end_time for r in records], unit="ms", utc=True),
+    }
+    for field, missing in (("metrics", math.nan), ("params", None), ("tags", None)):
+        per_run = [getattr(record, field) for record in records]
+        for key in sorted({key for values in per_run for key in values}):
+            columns[f"{field}.{key}"] = [values.get(key, missing) for values in per_run]
+    return pandas.DataFrame(columns)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import math
+import os
+import shutil
 import sqlite3
 import sys
 import time
@@ -22,6 +25,7 @@ from autolog.stores.base import (
     Store,
     StoreError,
 )
+from autolog.uris import redact_uri, split_credentials
 
 _TRACKING_URI = click.option(
     "--tracking-uri",
@@ -93,19 +97,27 @@ def runs() -> None:
 
 @runs.command("list")
 @click.option("--experiment", "-e", default=None, help="Experiment name (default: all).")
+@click.option("--filter", "filter_string", default="", metavar="EXPR",
+              help="MLflow's search filter, e.g. \"metrics.acc > 0.9 AND params.model = 'cnn'\".")
+@click.option("--order-by", multiple=True, metavar="EXPR",
+              help="MLflow's order, e.g. 'metrics.acc DESC' (repeatable; default: newest first).")
+@click.option("--columns", default="", metavar="KEYS",
+              help="More table columns, comma-separated: metrics.x,params.y,tags.z.")
 @click.option("--max-results", default=100, show_default=True, type=click.IntRange(1))
 @_TRACKING_URI
 @_JSON
-def runs_list(experiment: str | None, max_results: int, tracking_uri: str | None, as_json: bool) -> None:
-    """Runs, newest first."""
+def runs_list(experiment: str | None, filter_string: str, order_by: tuple[str, ...], columns: str,
+              max_results: int, tracking_uri: str | None, as_json: bool) -> None:
+    """Runs, newest first, or those MLflow's search finds (--filter, --order-by)."""
+    extra = _columns(columns)
     store = _open(tracking_uri)
     experiments = store.list_experiments()
     if experiment is not None:
         experiments = [exp for exp in experiments if exp.name == experiment]
         if not experiments:
-            raise click.ClickException(f"no experiment named {experiment!r} in {store.uri}")
+            raise click.ClickException(f"no experiment named {experiment!r} in {redact_uri(store.uri)}")
     names = {exp.experiment_id: exp.name for exp in experiments}
-    records = store.search_runs(names, max_results=max_results)
+    records = store.search_runs(names, filter_string, order_by, max_results)
     if as_json:
         click.echo(json.dumps([_json_safe(record.to_dict()) for record in records], indent=2))
         return
@@ -113,8 +125,29 @@ def runs_list(experiment: str | None, max_results: int, tracking_uri: str | None
         click.echo("no runs")
         return
     rows = [[r.info.run_id, r.info.run_name, names.get(r.info.experiment_id, "?"), r.info.status,
-             _time(r.info.start_time)] for r in records]
-    click.echo(_table(["RUN ID", "NAME", "EXPERIMENT", "STATUS", "STARTED"], rows))
+             _time(r.info.start_time), *(_cell(r, field, key) for field, key in extra)]
+            for r in records]
+    headers = ["RUN ID", "NAME", "EXPERIMENT", "STATUS", "STARTED"]
+    click.echo(_table(headers + [f"{field}.{key}" for field, key in extra], rows))
+
+
+def _columns(spec: str) -> list[tuple[str, str]]:
+    """``metrics.x,params.y,tags.z`` as (field, key) pairs; a key may be in backticks."""
+    found = []
+    for column in filter(None, (part.strip() for part in spec.split(","))):
+        field, _, key = column.partition(".")
+        if field not in ("metrics", "params", "tags") or not key:
+            raise click.BadParameter(f"{column!r} is not metrics.KEY, params.KEY or tags.KEY",
+                                     param_hint="--columns")
+        found.append((field, key.strip("`")))
+    return found
+
+
+def _cell(record: RunRecord, field: str, key: str) -> str:
+    value = getattr(record, field).get(key)
+    if value is None:
+        return "-"
+    return f"{value:.6g}" if isinstance(value, float) else value
 
 
 @runs.command("show")
@@ -179,6 +212,78 @@ def _describe(record: RunRecord) -> str:
     return "\n".join(lines)
 
 
+@runs.command("compare")
+@click.argument("run_ids", metavar="RUN RUN...", nargs=-1, required=True)
+@_TRACKING_URI
+@_JSON
+def runs_compare(run_ids: tuple[str, ...], tracking_uri: str | None, as_json: bool) -> None:
+    """The params that differ between runs, and their latest metrics side by side."""
+    if len(run_ids) < 2:
+        raise click.UsageError("compare takes two runs or more")
+    store = _open(tracking_uri)
+    records = [store.get_run(run_id) for run_id in run_ids]
+    param_keys = sorted(set().union(*(record.params for record in records)))
+    differ = [key for key in param_keys if len({r.params.get(key) for r in records}) > 1]
+    metric_keys = sorted(set().union(*(record.metrics for record in records)))
+    if as_json:
+        click.echo(json.dumps({
+            "runs": [{"run_id": r.info.run_id, "run_name": r.info.run_name} for r in records],
+            "params_differ": {key: [r.params.get(key) for r in records] for key in differ},
+            "params_equal": {key: records[0].params[key] for key in param_keys if key not in differ},
+            "metrics": {key: [_json_safe(r.metrics.get(key)) for r in records] for key in metric_keys},
+        }, indent=2))
+        return
+    headers = ["", *(f"{r.info.run_name} ({r.info.run_id[:8]})" if r.info.run_name
+                     else r.info.run_id for r in records)]
+    equal = len(param_keys) - len(differ)
+    click.echo(f"params that differ: {len(differ)} ({equal} equal in all {len(records)} runs)")
+    if differ:
+        click.echo(_table(headers, [[key, *(r.params.get(key, "-") for r in records)]
+                                    for key in differ]))
+    click.echo(f"\nlatest metrics: {len(metric_keys)}")
+    if metric_keys:
+        click.echo(_table(headers, [[key, *(_cell(r, "metrics", key) for r in records)]
+                                    for key in metric_keys]))
+
+
+@runs.command("history")
+@click.argument("run_id")
+@click.argument("key")
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the curve as a PNG (needs matplotlib) instead of drawing it here.")
+@click.option("--height", default=12, show_default=True, type=click.IntRange(2, 200),
+              help="Rows of the terminal chart.")
+@_TRACKING_URI
+@_JSON
+def runs_history(run_id: str, key: str, png: Path | None, height: int, tracking_uri: str | None,
+                 as_json: bool) -> None:
+    """Every point of one metric: its curve in the terminal, with min, max and last."""
+    from autolog import plots
+
+    store = _open(tracking_uri)
+    points = store.get_metric_history(run_id, key)
+    if not points:
+        logged = sorted(store.get_run(run_id).metrics)
+        raise click.ClickException(f"run {run_id} has no metric {key!r}; its metrics: "
+                                   f"{', '.join(logged) or 'none'}")
+    if as_json:
+        click.echo(json.dumps([_json_safe({"step": p.step, "timestamp": p.timestamp,
+                                           "value": p.value}) for p in points], indent=2))
+    if png is not None:
+        try:
+            plots.write_png(points, png, f"{key} (run {run_id})", key)
+        except ImportError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"wrote {png} ({len(points)} points)", err=as_json)
+    if as_json or png is not None:
+        return
+    click.echo(f"{key} of run {run_id}: {len(points)} points, "
+               f"steps {points[0].step}..{points[-1].step}")
+    width = shutil.get_terminal_size().columns
+    click.echo(plots.terminal_chart(points, width, height) or "(no finite value to draw)")
+    click.echo(plots.summary(points))
+
+
 @main.group()
 def experiments() -> None:
     """List experiments."""
@@ -196,6 +301,44 @@ def experiments_list(tracking_uri: str | None, as_json: bool) -> None:
                               indent=2))
         return
     click.echo(_table(["ID", "NAME"], [[e.experiment_id, e.name] for e in found]))
+
+
+@main.command("ui")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface).")
+@_TRACKING_URI
+def ui_command(port: int, host: str, tracking_uri: str | None) -> None:
+    """MLflow's own UI on the store (it needs the full mlflow package).
+
+    For an MLflow tracking server, its UI is the server itself: the command prints its URL.
+    """
+    uri = tracking_uri or settings.resolved_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        click.echo(f"{split_credentials(uri)[0]} is an MLflow tracking server: its own UI is there")
+        return
+    missing = _mlflow_ui_missing()
+    if missing:
+        raise click.ClickException(f"autolog ui runs MLflow's UI, and {missing}: pip install mlflow")
+    store = _open(uri)  # a missing file, or one not in MLflow's schema: an error here
+    click.echo(f"MLflow's UI on {redact_uri(store.uri)}: http://{host}:{port} (Ctrl-C stops it)")
+    sys.stdout.flush()
+    # MLflow's server takes this process over; the store's URI goes in the environment
+    # variable `mlflow ui` reads, so a password in it is not on the command line (ps).
+    os.execve(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)],
+              {**os.environ, "MLFLOW_BACKEND_STORE_URI": store.sqlalchemy_uri()})
+
+
+def _mlflow_ui_missing() -> str | None:
+    """What keeps MLflow's UI from running here (None: nothing). Found without importing
+    mlflow: ``mlflow-skinny`` has the package and its server code, not the UI's assets."""
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or not spec.submodule_search_locations:
+        return "mlflow is not installed"
+    server = Path(next(iter(spec.submodule_search_locations))) / "server"
+    if not (server / "__init__.py").is_file() or not (server / "js" / "build" / "index.html").is_file():
+        return "the mlflow installed has no UI (mlflow-skinny ships none)"
+    return None
 
 
 @main.command("sync")

@@ -235,7 +235,10 @@ def test_experiments_and_search(store_uri, monkeypatch):
     assert [r.run_id for r in found] == [r.run_id for r in sorted(
         found, key=lambda r: (-r.info.start_time, r.run_id))]
     assert {r.run_id for r in found} == {second.id, third.id}
-    assert autolog.search_runs("no-such-experiment") == []
+    with pytest.raises(ValueError, match="no experiment named 'no-such-experiment' in sqlite:///"):
+        autolog.search_runs(["team/project/model", "no-such-experiment"])
+    monkeypatch.setenv("AUTOLOG_EXPERIMENT", "no-run-yet")  # the current one: no error
+    assert autolog.search_runs("no-run-yet") == autolog.search_runs() == []
     with pytest.raises(ValueError, match="experiment name"):
         autolog.set_experiment("")
 

@@ -24,6 +24,11 @@ class RunNotFoundError(StoreError, LookupError):
     """No run with that id exists in the store."""
 
 
+class InvalidSearchError(StoreError, ValueError):
+    """MLflow refused a search: its filter string or ``order_by`` is not in MLflow's
+    grammar (the message is MLflow's own)."""
+
+
 class ParamRefusedError(StoreError):
     """The store refused a param because the run holds another value for it (logged by
     another process): retrying cannot help."""
@@ -127,8 +132,17 @@ class Store(Protocol):
     def get_metric_history(self, run_id: str, key: str) -> list[Metric]: ...
 
     def search_runs(
-        self, experiment_ids: Iterable[str], max_results: int = 1000
-    ) -> list[RunRecord]: ...
+        self,
+        experiment_ids: Iterable[str],
+        filter_string: str = "",
+        order_by: Sequence[str] = (),
+        max_results: int = 1000,
+    ) -> list[RunRecord]:
+        """Active runs of those experiments that match ``filter_string``, in ``order_by``
+        order (default: newest first), as MLflow's ``search_runs`` gives them: its
+        grammar, its results, its order. An expression MLflow refuses raises
+        :class:`InvalidSearchError`."""
+        ...
 
     def server_run_id(self, run_id: str) -> str | None:
         """The id the backend itself knows the run by: ``run_id`` except for a run started

@@ -52,6 +52,7 @@ from urllib3.util import Retry
 from autolog.config import env_flag, env_float
 from autolog.stores.base import (
     Experiment,
+    InvalidSearchError,
     Metric,
     MetricRow,
     ParamRefusedError,
@@ -655,28 +656,32 @@ class MlflowRestClient:
             yield rows
 
     def search_runs(
-        self, experiment_ids: Iterable[str], max_results: int = 1000,
-        filter_string: str | None = None,
+        self, experiment_ids: Iterable[str], filter_string: str = "",
+        order_by: Sequence[str] = (), max_results: int = 1000,
     ) -> list[RunRecord]:
+        """The server's ``runs/search``, page by page up to ``max_results``; a filter or
+        order the server refuses is :class:`InvalidSearchError` with its message."""
         ids = [str(i) for i in experiment_ids]
         if not ids:
             return []
-        request: dict = {
-            "experiment_ids": ids,
-            "max_results": min(max_results, PAGE_SIZE),
-            "order_by": ["attributes.start_time DESC"],
-        }
+        request: dict = {"experiment_ids": ids, "max_results": min(max_results, PAGE_SIZE)}
         if filter_string:
             request["filter"] = filter_string
+        if order_by:
+            request["order_by"] = list(order_by)
         found = self._pages("POST", "runs/search", request, "runs", limit=max_results)
-        with self._parsing("POST runs/search", {}):
-            return [_run_record(run) for run in found]
+        try:
+            with self._parsing("POST runs/search", {}):
+                return [_run_record(run) for run in found]
+        except MlflowRestError as exc:
+            if exc.error_code == INVALID_PARAMETER_VALUE:
+                raise InvalidSearchError(exc.message) from None
+            raise
 
     def find_run_by_tag(self, experiment_ids: Iterable[str], key: str, value: str) -> RunInfo | None:
         """The run carrying tag ``key=value`` in those experiments, if any."""
         quoted = value.replace("'", "\\'")
-        found = self.search_runs(experiment_ids, max_results=1,
-                                 filter_string=f"tags.`{key}` = '{quoted}'")
+        found = self.search_runs(experiment_ids, f"tags.`{key}` = '{quoted}'", max_results=1)
         return found[0].info if found else None
 
 

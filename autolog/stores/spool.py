@@ -1160,9 +1160,10 @@ class SpoolStore:
     def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
         return self.client.get_metric_history(self._server_id_for_read(run_id), key)
 
-    def search_runs(self, experiment_ids: Iterable[str], max_results: int = 1000) -> list[RunRecord]:
+    def search_runs(self, experiment_ids: Iterable[str], filter_string: str = "",
+                    order_by: Sequence[str] = (), max_results: int = 1000) -> list[RunRecord]:
         self.wait_until_sent()
-        return self.client.search_runs(experiment_ids, max_results)
+        return self.client.search_runs(experiment_ids, filter_string, order_by, max_results)
 
 
 _stores: weakref.WeakSet[SpoolStore] = weakref.WeakSet()
