@@ -36,13 +36,12 @@ from tqdm import tqdm
 from autolog.stores import open_store
 from autolog.stores.base import Experiment, MetricRow, RunRecord, Store, StoreError
 from autolog.stores.mlflow_rest import MlflowRestClient
-from autolog.stores.spool import (
+from autolog.stores.spool.spool_file import default_spool_dir, spool_files
+from autolog.stores.spool.sync_support import (
     SpoolOutcome,
     SpoolPlan,
-    default_spool_dir,
     plan_spool_file,
     send_spool_file,
-    spool_files,
 )
 from autolog.uris import redact_uri
 
@@ -64,7 +63,7 @@ def send_spools(directory: Path | None = None, progress: bool | None = None, *,
     """Send every spool file in ``directory`` (default ``$AUTOLOG_SPOOL_DIR`` or
     ``~/.autolog/spool``), or only ``files``, that no running process holds, each to
     ``to`` if given, else to the server it names when that is ``configured`` (see
-    :func:`~autolog.stores.spool.send_spool_file`). One damaged file never stops the
+    :func:`~autolog.stores.spool.sync_support.send_spool_file`). One damaged file never stops the
     others. ``progress=None`` shows a bar, counted in metric points, only on a terminal."""
     directory = directory or default_spool_dir()
     outcomes = []

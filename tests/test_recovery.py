@@ -30,7 +30,7 @@ import autolog
 from autolog.cli import main
 from autolog.stores import close_all
 from autolog.stores.mlflow_rest import MisconfiguredServerError, NotMlflowServerError
-from autolog.stores.spool import spool_files
+from autolog.stores.spool.spool_file import spool_files
 
 pytest_plugins = ("mlflow_server",)
 pytestmark = pytest.mark.usefixtures("spool_dir")

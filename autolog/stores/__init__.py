@@ -38,9 +38,9 @@ def _make(uri: str, create: bool) -> Store:
 
         return SQLiteStore(uri, create=create)
     if uri.startswith(("http://", "https://")):
-        from autolog.stores.mlflow_rest import open_remote_store
+        from autolog.stores.spool.remote import SpoolStore
 
-        return open_remote_store(uri)
+        return SpoolStore(uri)  # the durable spool in front of the server
     raise StoreError(
         f"unsupported tracking URI {redact_uri(uri)!r}: use sqlite:///path/to/file.db for the embedded "
         "store or http(s)://host:port for an MLflow tracking server"
@@ -59,9 +59,10 @@ def after_fork_in_child() -> None:
     """Reset what the open stores hold per process (see :mod:`autolog.lifecycle`). Only a
     server store holds anything (its spool and sender); its module is imported only for an
     ``http(s)://`` URI."""
-    spool = sys.modules.get(f"{__name__}.spool")
-    if spool is not None:
-        spool.after_fork_in_child()
+    remote = sys.modules.get(f"{__name__}.spool.remote")
+    if remote is not None:
+        remote.after_fork_in_child()
+
 
 
 def check_configuration(uri: str) -> None:
