@@ -64,6 +64,14 @@ def after_fork_in_child() -> None:
         remote.after_fork_in_child()
 
 
+def wait_acknowledged(timeout: float | None) -> bool:
+    """Wait until the tracking servers of this process's stores have acknowledged all that
+    was spooled for them (:meth:`~autolog.stores.spool.remote.SpoolStore.flush`), within
+    ``timeout`` seconds in all (None: no limit). True at once without a server store: the
+    other stores have what they were given once it is written."""
+    remote = sys.modules.get(f"{__name__}.spool.remote")
+    return remote is None or remote.flush_all(timeout)
+
 
 def check_configuration(uri: str) -> None:
     """Raise :class:`~autolog.stores.mlflow_rest.MisconfiguredServerError` when ``uri``

@@ -12,6 +12,11 @@ local id (``offline-<hex>``). The run is created on the server as soon as it ans
 server's id. :meth:`SpoolStore.server_run_id` maps a local id to the server's, and every
 reading method accepts either.
 
+Flush: :meth:`SpoolStore.flush` (``autolog.flush``) waits on a watermark: the newest
+``seq`` spooled when it was called, against what is left of the batches up to it. The
+sender wakes it whenever the server acknowledges a batch or an attempt ends; the server
+itself is never polled for it.
+
 Exit: :meth:`SpoolStore.close` (run at interpreter exit, after the writer's last flush)
 waits up to ``AUTOLOG_EXIT_TIMEOUT`` seconds (default 10) for the spool to drain, less
 when an attempt finds the server down, then prints one line with the exact ``autolog
@@ -34,7 +39,7 @@ import time
 import uuid
 import warnings
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from autolog.config import AutologWarning, env_float, users_stacklevel
@@ -65,6 +70,7 @@ from autolog.stores.spool.sender import (
 from autolog.stores.spool.spool_file import (
     OFFLINE_RUN_PREFIX,
     Backlog,
+    Batch,
     OfflineRun,
     SpoolFile,
     default_spool_dir,
@@ -131,6 +137,8 @@ class SpoolStore:
         self._outage: str | None = None  # why the server did not answer, until it does
         self._warned_outage = False
         self._failures = 0  # failed send attempts so far, so waiters can stop early
+        self._progress = threading.Condition()  # notified when a batch is acknowledged or
+        # an attempt ends: what waiters on the sender wait for
 
     def after_fork_in_child(self) -> None:
         """A forked child gets its own spool and sender; the parent's file stays the
@@ -202,7 +210,7 @@ class SpoolStore:
                 if down or self._outage is not None:  # one quick request first: a send
                     # would spend its retries (seconds) on a server that does not answer
                     self._probe.ping()
-                sender.send_available(stop=self._stopping.is_set)
+                sender.send_available(stop=self._stopping.is_set, progress=self._progressed)
             except Exception as exc:  # noqa: BLE001 - the sender must outlive any failure
                 down = retry_later(exc)
                 delay = (PROBE_INTERVAL_S if down
@@ -220,14 +228,36 @@ class SpoolStore:
                         f"`{sync_command(self.spool_dir)}`)")
                 self._outage = str(exc)
                 self._failures += 1  # after the warning: a waiter that stops now saw it
+                self._progressed()
                 continue
             delay, down = 0.0, False
             self._outage = None
+            self._progressed()
             if self._warned_outage and not spool.sendable():  # not when stopped half-way
                 self._warned_outage = False
                 left = spool.backlog()
                 _warn_from_thread(f"{self.uri} answers again; the spooled data was sent" + (
                     "" if left.empty else f"; kept in {spool.path}: {left.describe()}"))
+
+    def _progressed(self, _: Batch | None = None) -> None:
+        with self._progress:
+            self._progress.notify_all()
+
+    def _await(self, check: Callable[[], bool | None], deadline: float | None,
+               give_up: Callable[[], bool] = lambda: False) -> bool | None:
+        """Have the sender try now, then wait until ``check()`` gives True or False (None:
+        not yet), re-checking whenever the sender reports progress. None when ``deadline``
+        (a ``time.monotonic()``; None: no limit) passes or ``give_up()`` first."""
+        self._start_sender()
+        self._kick.set()
+        self._wake.set()
+        with self._progress:
+            while (verdict := check()) is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if give_up() or (left is not None and left <= 0):
+                    return None
+                self._progress.wait(left)
+        return verdict
 
     def wait_until_sent(self, timeout: float | None = None, run_id: str | None = None) -> bool:
         """Wait until what is spooled (for ``run_id``, or all) has reached the server.
@@ -239,16 +269,47 @@ class SpoolStore:
         if spool is None:
             return True
         run_key = run_id if run_id is not None and spool.has_run(run_id) else None
-        deadline = time.monotonic() + (_exit_timeout() if timeout is None else timeout)
         failures = self._failures
-        self._start_sender()
-        self._kick.set()
-        self._wake.set()
-        while spool.sendable(run_key):
-            if self._failures > failures or time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
+        sent = self._await(lambda: None if spool.sendable(run_key) else True,
+                           time.monotonic() + (_exit_timeout() if timeout is None else timeout),
+                           give_up=lambda: self._failures > failures)
+        return bool(sent)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the server has acknowledged every batch spooled before this call
+        (the watermark: the newest ``seq`` now). ``timeout=None`` waits as long as it takes.
+
+        False, with one warning that says what is left in the spool and how to send it,
+        when ``timeout`` passed first or a batch up to the watermark can no longer be sent
+        (refused by the server, unsendable or damaged). False too when the server's answer
+        dropped a batch meanwhile (a param another process set, a run deleted on the
+        server): the sender warned then. A server that is down fails nothing here: the
+        sender keeps trying until the timeout.
+        """
+        spool = self._spool
+        if spool is None:
+            return True
+        upto, drops = spool.newest_seq(), spool.drops
+
+        def check() -> bool | None:
+            left, sendable = spool.left_upto(upto)
+            return True if not left else None if sendable else False
+
+        started = time.monotonic()
+        acknowledged = self._await(check, None if timeout is None else started + timeout)
+        if acknowledged:
+            return spool.drops == drops
+        left = spool.backlog()
+        if acknowledged is None:
+            _warn(f"{self.uri} has not acknowledged all that was logged before flush() within "
+                  f"{time.monotonic() - started:.1f} s; kept in {spool.path}: {left.describe()}"
+                  "; it is sent while this process runs and the server answers, or after exit "
+                  f"with `{sync_command(self.spool_dir)}`")
+        else:
+            _warn(f"{self.uri} will not take all that was logged before flush(); kept in "
+                  f"{spool.path}: {left.describe()}; after exit, "
+                  f"`{sync_command(self.spool_dir)}` tries again")
+        return False
 
     def backlog(self) -> Backlog:
         return self._spool.backlog() if self._spool is not None else Backlog()
@@ -468,3 +529,10 @@ def after_fork_in_child() -> None:
     for store in list(_stores):
         store.after_fork_in_child()
 
+
+def flush_all(timeout: float | None) -> bool:
+    """:meth:`SpoolStore.flush` of every server store of this process, within one
+    ``timeout`` in all (through :func:`autolog.stores.wait_acknowledged`)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    return all([store.flush(None if deadline is None else max(deadline - time.monotonic(), 0))
+                for store in list(_stores)])

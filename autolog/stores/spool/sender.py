@@ -159,7 +159,7 @@ class Sender:
         try:
             deliver(self.client, batch.server_id, batch.kind, batch.body)
         except ParamRefusedError as exc:
-            self.spool.delete(batch.seq)
+            self.spool.drop(batch.seq)
             self.notify(f"param dropped: {exc}")
         except RunNotFoundError as exc:
             if not self.drop_missing_runs:

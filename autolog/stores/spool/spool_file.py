@@ -10,6 +10,11 @@ format 1 spools, written by autolog 0.1, have none and are still read). A batch 
 checksum fails or whose body SQLite cannot read is never sent: it is set aside (left in
 the file, which is then kept) and reported. A batch that cannot be decoded or encoded
 (a lone surrogate in a key) is marked unsendable, like one the server refused.
+
+Sequence numbers: a batch's ``seq`` is given once (``AUTOINCREMENT``), so "every batch up
+to the newest one now" is exactly what was spooled before now, whatever was deleted since:
+the watermark :meth:`SpoolStore.flush <autolog.stores.spool.remote.SpoolStore.flush>`
+waits on.
 """
 
 from __future__ import annotations
@@ -54,9 +59,10 @@ CREATE TABLE runs (
 );
 -- one row per request; a metrics body is pack_rows() of its rows, others are JSON;
 -- crc is checksum(kind, points, body). The body comes last: the other columns are read
--- without walking its overflow pages, so a damaged body does not hide its row.
+-- without walking its overflow pages, so a damaged body does not hide its row. seq is
+-- never reused (AUTOINCREMENT; files of autolog 0.1 reuse it, and are only ever sent).
 CREATE TABLE batches (
-    seq INTEGER PRIMARY KEY,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     run_key TEXT NOT NULL REFERENCES runs(run_key),
     kind TEXT NOT NULL CHECK (kind IN ('params', 'tags', 'metrics', 'status')),
     points INTEGER NOT NULL,
@@ -180,6 +186,7 @@ class SpoolFile:
         self._mutex = threading.Lock()
         self._crc = "b.crc" if version >= 2 else "NULL"  # format 1 has no checksums
         self.damaged: dict[int, int] = {}  # seq -> metric points of batches set aside
+        self.drops = 0  # how often batches were dropped unsent, on the server's word
         self.uri = self._one("SELECT value FROM meta WHERE key = 'uri'")
 
     @classmethod
@@ -289,7 +296,13 @@ class SpoolFile:
         self._write([("UPDATE runs SET server_id = ? WHERE run_key = ?", (server_id, run_key))])
 
     def delete(self, seq: int) -> None:
+        """Forget a batch the server acknowledged."""
         self._write([("DELETE FROM batches WHERE seq = ?", (seq,))])
+
+    def drop(self, seq: int) -> None:
+        """Forget a batch the server refused for good (a param another process set)."""
+        self._write([("DELETE FROM batches WHERE seq = ?", (seq,))])
+        self.drops += 1
 
     def delete_many(self, seqs: Sequence[int]) -> None:
         """Forget batches the server acknowledged together, in one transaction."""
@@ -311,6 +324,7 @@ class SpoolFile:
         points = self._one("SELECT coalesce(sum(points), 0) FROM batches WHERE run_key = ? "
                            "AND kind = 'metrics'", (run_key,))
         self._write([("DELETE FROM batches WHERE run_key = ?", (run_key,))])
+        self.drops += 1
         return points
 
     def retry_failed(self) -> None:
@@ -392,6 +406,25 @@ class SpoolFile:
             "SELECT count(*) FROM runs WHERE server_id IS NULL AND error IS NULL"
             + ("" if run_key is None else " AND run_key = ?"), args)
         return batches + creations
+
+    def newest_seq(self) -> int:
+        """The ``seq`` of the newest batch spooled (0 when none is): every batch spooled
+        before now has one up to it, every batch spooled later a higher one."""
+        return self._one("SELECT coalesce(max(seq), 0) FROM batches")
+
+    def left_upto(self, seq: int) -> tuple[int, int]:
+        """Of the batches up to ``seq``: how many are still spooled, and how many of those
+        can still be sent (not refused, unsendable or damaged). A run still to be created
+        on the server counts in both."""
+        intact, skip = self._intact()
+        with self._mutex:
+            left, sendable = self._conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE b.error IS NULL AND r.error IS NULL "
+                f"AND {intact}) FROM batches b JOIN runs r ON r.run_key = b.run_key "
+                "WHERE b.seq <= ?", (*skip, seq)).fetchone()
+            waiting = self._conn.execute(
+                "SELECT count(*) FROM runs WHERE server_id IS NULL AND error IS NULL").fetchone()[0]
+        return left + waiting, sendable + waiting
 
     def audit(self) -> list[RunPlan]:
         """What sending would do, per run, sending nothing: every batch's checksum is
