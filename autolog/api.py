@@ -8,6 +8,7 @@ about params, the writer writes, the store stores.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from autolog.lifecycle import active_or_new, current_store
 from autolog.lifecycle import end_run as end_run  # the API's own, re-exported (X as X)
 from autolog.lifecycle import start_run as start_run
 from autolog.run import Run, user_call_site
-from autolog.stores import check_configuration
+from autolog.stores import check_configuration, wait_acknowledged
 from autolog.stores.base import Experiment, Metric, RunRecord, Store
 from autolog.uris import check_tracking_uri, redact_uri
 from autolog.validation import check_experiment_name
@@ -127,9 +128,27 @@ def set_tags(tags: dict[str, Any]) -> None:
     active_or_new().set_tags(tags)
 
 
-def flush() -> bool:
-    """Write everything pending now. True when all was written (False: see the warning)."""
-    return get_writer().flush()
+def flush(timeout: float | None = 60.0) -> bool:
+    """Write everything pending now, then wait until every tracking server this process
+    logged to has acknowledged all that was logged before the call: params, tags, metric
+    points and the status of ended runs. True once they have (a database store: once it
+    is committed).
+
+    False, with a warning that says what is left and how it is sent, when a write failed,
+    a server refused a batch for good, or ``timeout`` seconds passed first (60 by
+    default, so a script never hangs on a server that is down; None waits as long as it
+    takes); what is left is kept, and sent while the process runs and the server answers.
+    """
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be None or a number of seconds, got {timeout!r}")
+        if not timeout >= 0:  # NaN too
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+    started = time.monotonic()
+    if not get_writer().flush():
+        return False
+    return wait_acknowledged(None if timeout is None
+                             else max(timeout - (time.monotonic() - started), 0.0))
 
 
 def _store_for(run_id: str) -> Store:

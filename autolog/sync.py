@@ -43,13 +43,12 @@ from autolog.stores import open_store
 from autolog.stores.base import RUNNING, Experiment, MetricRow, RunRecord, Store, StoreError
 from autolog.stores.mlflow_file import MlflowFileStore, is_file_store_uri
 from autolog.stores.mlflow_rest import MlflowRestClient
-from autolog.stores.spool import (
+from autolog.stores.spool.spool_file import default_spool_dir, spool_files
+from autolog.stores.spool.sync_support import (
     SpoolOutcome,
     SpoolPlan,
-    default_spool_dir,
     plan_spool_file,
     send_spool_file,
-    spool_files,
 )
 from autolog.stores.v01 import V01Store, is_v01_file
 from autolog.uris import redact_uri
@@ -72,7 +71,7 @@ def send_spools(directory: Path | None = None, progress: bool | None = None, *,
     """Send every spool file in ``directory`` (default ``$AUTOLOG_SPOOL_DIR`` or
     ``~/.autolog/spool``), or only ``files``, that no running process holds, each to
     ``to`` if given, else to the server it names when that is ``configured`` (see
-    :func:`~autolog.stores.spool.send_spool_file`). One damaged file never stops the
+    :func:`~autolog.stores.spool.sync_support.send_spool_file`). One damaged file never stops the
     others. ``progress=None`` shows a bar, counted in metric points, only on a terminal."""
     directory = directory or default_spool_dir()
     outcomes = []

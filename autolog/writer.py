@@ -26,7 +26,7 @@ Nothing is discarded because a write failed:
 - At exit the writer gets ``AUTOLOG_EXIT_TIMEOUT`` seconds (default 10) to finish; what
   the store still cannot take goes to the fallback spool, and one line per run says how
   many points are where, and the ``autolog sync`` command that writes them.
-- The fallback spool is a spool file (:mod:`autolog.stores.spool`) in
+- The fallback spool is a spool file (:mod:`autolog.stores.spool.spool_file`) in
   ``AUTOLOG_SPOOL_DIR`` (default ``~/.autolog/spool``) that records the run's own store
   as its destination, so ``autolog sync`` writes it there (the embedded store too).
 - A batch the store can never take (a value it cannot encode) is not retried forever:
@@ -54,7 +54,7 @@ from autolog.validation import to_floats
 
 if TYPE_CHECKING:
     from autolog.run import Run
-    from autolog.stores.spool import SpoolFile
+    from autolog.stores.spool.spool_file import SpoolFile
 
 BATCH_POINTS = 50_000  # points per store call; the REST store splits further to its limits
 RETRY_PAUSE_S = 1.0  # a run whose writes fail is retried this often by the thread
@@ -326,7 +326,7 @@ class Fallback:
 
     @staticmethod
     def directory() -> Path:
-        from autolog.stores.spool import default_spool_dir
+        from autolog.stores.spool.spool_file import default_spool_dir
 
         return default_spool_dir()
 
@@ -337,7 +337,8 @@ class Fallback:
              tags: dict[str, str] | None = None, status: str | None = None,
              end_time: int | None = None) -> None:
         """Commit to the spool, in one transaction, what ``run``'s store did not take."""
-        from autolog.stores.spool import OFFLINE_RUN_PREFIX, SpoolFile, encode_entries, status_entry
+        from autolog.stores.spool.rows import encode_entries, status_entry
+        from autolog.stores.spool.spool_file import OFFLINE_RUN_PREFIX, SpoolFile
 
         if run.id.startswith(OFFLINE_RUN_PREFIX):  # not on the server: no id to send it under
             raise RuntimeError("the run was started offline and is not on the server yet")
@@ -360,7 +361,7 @@ class Fallback:
         self.kept[run.id] = (uri, self.kept.get(run.id, (uri, 0))[1] + len(rows))
 
     def kept_line(self, run_id: str, uri: str, points: int, status: str | None = None) -> str:
-        from autolog.stores.spool import sync_command
+        from autolog.stores.spool.spool_file import sync_command
 
         what = " and ".join(([f"{points} metric points"] if points or not status else [])
                             + ([f"the status {status}"] if status else []))

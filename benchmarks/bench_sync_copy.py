@@ -41,9 +41,9 @@ print(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
 
 
 def fill(uri: str, points: int) -> None:
-    from autolog.stores.sqlite import SQLiteStore
+    from autolog.stores.sql.store import SqlStore
 
-    store = SQLiteStore(uri)
+    store = SqlStore(uri)
     experiment = store.get_or_create_experiment("bench")
     run = store.create_run(experiment.experiment_id, "large", 1, {})
     for start in range(0, points, 50_000):
@@ -55,9 +55,9 @@ def fill(uri: str, points: int) -> None:
 
 def add_one(uri: str, points: int) -> None:
     """One more point: the key's counts now differ, so it is compared point by point."""
-    from autolog.stores.sqlite import SQLiteStore
+    from autolog.stores.sql.store import SqlStore
 
-    store = SQLiteStore(uri)
+    store = SqlStore(uri)
     (run,) = store.search_runs([e.experiment_id for e in store.list_experiments()])
     store.log_batch(run.run_id, metrics=[("loss", points / 3, 1_000 + points, points)])
     store.close()
@@ -88,9 +88,9 @@ def main() -> None:
                 add_one(source, points_logged)
             points, seconds, peak = phase(source, dest)
             rows.append(f"| {name} | {points:,} | {seconds:.1f} | {peak:.0f} |")
-        from autolog.stores.sqlite import SQLiteStore
+        from autolog.stores.sql.store import SqlStore
 
-        copied = SQLiteStore(dest, create=False)
+        copied = SqlStore(dest, create=False)
         (run,) = copied.search_runs([e.experiment_id for e in copied.list_experiments()])
         held = copied.metric_counts(run.run_id)
         assert held == {"loss": points_logged + 1}, held

@@ -1,8 +1,9 @@
 """Imports point one way: the import-linter contracts in pyproject.toml, kept.
 
 api → integration → lifecycle → patching → run → ledger → writer → stores →
-source/uris/validation → config; integrations never import the user-facing API, the
-writer or a store; the core never imports an integration; stores know no framework.
+source/uris/validation → config; inside the spool, remote and sync_support → sender →
+spool_file → rows; integrations never import the user-facing API, the writer or a store;
+the core never imports an integration; stores know no framework.
 """
 
 from pathlib import Path

@@ -30,7 +30,8 @@ import autolog
 from autolog.cli import main
 from autolog.stores import close_all
 from autolog.stores.mlflow_rest import MisconfiguredServerError, NotMlflowServerError
-from autolog.stores.spool import spool_files
+from autolog.stores.spool.spool_file import spool_files
+from autolog.writer import get_writer
 
 pytest_plugins = ("mlflow_server",)
 pytestmark = pytest.mark.usefixtures("spool_dir")
@@ -56,13 +57,12 @@ def test_the_backlog_is_sent_and_the_run_ended_within_seconds_of_the_servers_ret
         with autolog.start_run(run_name="outage", experiment="recovery/outage") as run:
             for step in range(500):
                 autolog.log_metric("loss", 1 / (step + 1), step=step)
-            autolog.flush()
-            assert run.store.wait_until_sent(30)
+            assert autolog.flush(timeout=30)
             fault_server.kill()
             for step in range(500, 3500):
                 autolog.log_metric("loss", 1 / (step + 1), step=step)
                 if step % 10 == 9:
-                    autolog.flush()  # 300 stored batches of 10 points
+                    get_writer().flush()  # 300 stored batches of 10 points
             autolog.set_tag("phase", "logged while down")
         store = run.store
         wait_for(lambda: store._outage is not None, 30, "the sender noticed the outage")
@@ -105,7 +105,7 @@ def spooled_offline(unused_uri: str, spool_dir, name: str, points: int, param: b
             for step in range(points):
                 autolog.log_metric("loss", float(step), step=step)
                 if step % 50 == 49:
-                    autolog.flush()
+                    get_writer().flush()
             if param:
                 autolog.log_param("lr", 0.1)
     close_all()  # nothing answers: the spool is kept
@@ -176,7 +176,7 @@ def test_a_backlog_cut_short_at_exit_is_never_said_to_be_sent(unused_uri, capsys
             for step in range(POINTS_AT_EXIT):
                 autolog.log_metric("loss", float(step), step=step)
                 if step % 100 == 99:
-                    autolog.flush()
+                    get_writer().flush()
     port = int(unused_uri.rsplit(":", 1)[1])
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), SlowMlflow)
     server.points = 0

@@ -25,15 +25,10 @@ import autolog
 from autolog.cli import main
 from autolog.stores import close_all, open_store
 from autolog.stores.mlflow_rest import MlflowRestClient
-from autolog.stores.spool import (
-    LOCAL_RUN_ID_TAG,
-    SpoolFile,
-    SpoolStore,
-    default_spool_dir,
-    pack_rows,
-    sync_command,
-    unpack_rows,
-)
+from autolog.stores.spool.remote import SpoolStore
+from autolog.stores.spool.rows import pack_rows, unpack_rows
+from autolog.stores.spool.sender import LOCAL_RUN_ID_TAG
+from autolog.stores.spool.spool_file import SpoolFile, default_spool_dir, sync_command
 
 pytest_plugins = ("mlflow_server",)
 pytestmark = pytest.mark.usefixtures("spool_dir")
@@ -123,8 +118,7 @@ def test_server_killed_mid_run_then_restarted_and_synced(fault_server, spool_dir
             autolog.log_params({"lr": 0.1, "epochs": 3})
             for step in range(1500):
                 autolog.log_metric("loss", 1 / (step + 1), step=step)
-            autolog.flush()
-            assert run.store.wait_until_sent(30)
+            assert autolog.flush(timeout=30)
             fault_server.kill()
             for step in range(1500, 3000):
                 autolog.log_metric("loss", 1 / (step + 1), step=step)
@@ -323,6 +317,11 @@ def test_a_refused_batch_is_kept_for_autolog_sync(scripted_server, spool_dir, ca
         deadline = time.monotonic() + 5
         while "refused a metrics batch" not in messages(seen) and time.monotonic() < deadline:
             time.sleep(0.05)
+        started = time.monotonic()
+        assert not store.flush(30)  # it will never be acknowledged: no wait for the timeout
+        assert time.monotonic() - started < 5
+    assert "will not take all that was logged before flush()" in messages(seen)
+    assert "1 batch(es) the server refused" in messages(seen)
     assert "refused a metrics batch of run r1" in messages(seen)
     assert "no such thing" in messages(seen)
     assert store.backlog().failed == 1
@@ -349,8 +348,8 @@ def test_param_conflicts_never_reach_the_server(sqlite_server):
         sqlite_server.client().log_param(run.id, "momentum", "0.5")  # another process
         with recorded_warnings() as seen:
             autolog.log_params({"momentum": 0.9, "epochs": 5})
-            autolog.flush()
-            assert resumed.store.wait_until_sent(30)
+            assert not autolog.flush(timeout=30)  # answered, but 'momentum' was dropped
+            assert resumed.store.backlog().empty
     assert "param dropped" in messages(seen) and "'momentum' is '0.5'" in messages(seen)
     assert sqlite_server.client().get_run(run.id).data.params == {
         "lr": "0.1", "momentum": "0.5", "epochs": "5"}
@@ -368,7 +367,7 @@ def test_a_forked_child_logs_through_its_own_spool(sqlite_server):
             try:
                 for step in range(300):
                     autolog.log_metric("child", float(step), step=step)
-                code = 0 if autolog.flush() and run.store.wait_until_sent(30) else 2
+                code = 0 if autolog.flush(timeout=30) else 2
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)

@@ -18,7 +18,8 @@ import autolog
 from autolog.cli import main
 from autolog.stores import close_all
 from autolog.stores.mlflow_rest import MlflowRestClient
-from autolog.stores.spool import SpoolFile, pack_rows
+from autolog.stores.spool.rows import pack_rows
+from autolog.stores.spool.spool_file import SpoolFile
 
 pytest_plugins = ("mlflow_server",)
 pytestmark = pytest.mark.usefixtures("spool_dir")
@@ -385,7 +386,7 @@ def test_a_spool_sent_elsewhere_keeps_the_runs_that_server_lacks(sqlite_server, 
 
 
 def test_the_configured_uri_is_named_without_its_password():
-    from autolog.stores.spool import _not_for
+    from autolog.stores.spool.sync_support import _not_for
 
     told = _not_for("http://planted:5000", None, "http://u:s3cret@other:5000", None)
     assert "s3cret" not in told and "u:***@other:5000" in told

@@ -38,9 +38,9 @@ def _make(uri: str, create: bool) -> Store:
 
         return SqlStore(uri, create=create)
     if uri.startswith(SERVER_URI_PREFIXES):
-        from autolog.stores.mlflow_rest import open_remote_store
+        from autolog.stores.spool.remote import SpoolStore
 
-        return open_remote_store(uri)
+        return SpoolStore(uri)  # the durable spool in front of the server
     try:
         check_tracking_uri(uri)
     except ValueError as exc:
@@ -60,9 +60,18 @@ def after_fork_in_child() -> None:
     """Reset what the open stores hold per process (see :mod:`autolog.lifecycle`). Only a
     server store holds anything (its spool and sender); its module is imported only for an
     ``http(s)://`` URI."""
-    spool = sys.modules.get(f"{__name__}.spool")
-    if spool is not None:
-        spool.after_fork_in_child()
+    remote = sys.modules.get(f"{__name__}.spool.remote")
+    if remote is not None:
+        remote.after_fork_in_child()
+
+
+def wait_acknowledged(timeout: float | None) -> bool:
+    """Wait until the tracking servers of this process's stores have acknowledged all that
+    was spooled for them (:meth:`~autolog.stores.spool.remote.SpoolStore.flush`), within
+    ``timeout`` seconds in all (None: no limit). True at once without a server store: the
+    other stores have what they were given once it is written."""
+    remote = sys.modules.get(f"{__name__}.spool.remote")
+    return remote is None or remote.flush_all(timeout)
 
 
 def check_configuration(uri: str) -> None:

@@ -3,9 +3,8 @@
 :class:`MlflowRestClient` is a synchronous :class:`~autolog.stores.base.Store`: every call
 is one or more HTTP requests on a pooled ``requests.Session`` whose urllib3 ``Retry``
 retries what MLflow's own client retries (408, 429, 500, 502, 503, 504, and connection
-errors) with exponential backoff. Runs log through :func:`open_remote_store`, which puts
-the durable spool (:mod:`autolog.stores.spool`) in front of it so that the writer never
-waits on the network.
+errors) with exponential backoff. Runs log through the durable spool in front of it
+(:mod:`autolog.stores.spool`), so that the writer never waits on the network.
 
 Every wait is bounded. One call (retries, backoff and ``Retry-After`` waits included) has
 a total deadline, ``AUTOLOG_HTTP_TIMEOUT`` seconds (default 60): requests' own read timeout
@@ -59,7 +58,6 @@ from autolog.stores.base import (
     RunInfo,
     RunNotFoundError,
     RunRecord,
-    Store,
     StoreError,
 )
 from autolog.uris import redact_uri, split_credentials
@@ -719,11 +717,3 @@ def probe_client(uri: str) -> MlflowRestClient:
     server URI is configured right."""
     return MlflowRestClient(uri, retries=0, connect_timeout=PROBE_CONNECT_TIMEOUT_S,
                             read_timeout=PROBE_READ_TIMEOUT_S)
-
-
-def open_remote_store(uri: str) -> Store:
-    """The store :func:`autolog.stores.open_store` gives for ``http(s)://`` URIs: the
-    durable spool in front of an :class:`MlflowRestClient`."""
-    from autolog.stores.spool import SpoolStore
-
-    return SpoolStore(uri)
