@@ -2,7 +2,9 @@
 
 The server runs from this interpreter's environment on a free 127.0.0.1 port, with a
 SQLite backend store in a temp dir, or a PostgreSQL one in a database of its own when
-PostgreSQL answers at 127.0.0.1:5432 (created for the test session and dropped after).
+PostgreSQL answers at 127.0.0.1:5432 (created for the test session and dropped after),
+or on any database a test names (:func:`mlflow_server_on`), or as ``mlflow ui`` with
+MLflow's default store, as a user starts it in a directory.
 Its log (uvicorn's access log included) goes to a file, so a test can assert that no
 log-batch was refused; it can be killed with SIGKILL and started again on the same port.
 A scripted HTTP server stands in where a test needs answers a real server will not give.
@@ -13,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import signal
 import socket
 import subprocess
@@ -25,8 +26,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from databases import POSTGRES, fresh_postgres_database
 
-POSTGRES = ("127.0.0.1", 5432)
 START_TIMEOUT_S = 120.0
 _REFUSED_LOG_BATCH = re.compile(r'"POST /api/2\.0/mlflow/runs/log-batch HTTP/[\d.]+" (4\d\d|5\d\d)')
 
@@ -38,7 +39,10 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    def __init__(self, backend_uri: str, workdir: Path, port: int | None = None):
+    """``mlflow server --backend-store-uri <backend_uri>`` run in ``workdir``; with
+    ``backend_uri=None``, ``mlflow ui`` with no store flag: MLflow's default store there."""
+
+    def __init__(self, backend_uri: str | None, workdir: Path, port: int | None = None):
         self.backend_uri = backend_uri
         self.workdir = workdir
         self.port = port or free_port()
@@ -50,7 +54,8 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     def __repr__(self) -> str:
-        return f"MlflowServer({self.uri}, backend={self.backend_uri.split(':')[0]})"
+        backend = self.backend_uri.split(":")[0] if self.backend_uri else "mlflow ui default"
+        return f"MlflowServer({self.uri}, backend={backend})"
 
     @property
     def running(self) -> bool:
@@ -63,11 +68,14 @@ class MlflowServer:
         env = {key: value for key, value in os.environ.items()
                if not key.startswith(("MLFLOW_", "AUTOLOG_"))}
         env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", PYTHONUNBUFFERED="1")
+        if self.backend_uri is None:
+            command = ["ui"]
+        else:
+            command = ["server", "--backend-store-uri", self.backend_uri,
+                       "--artifacts-destination", str(self.workdir / "artifacts")]
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server",
-                 "--backend-store-uri", self.backend_uri,
-                 "--artifacts-destination", str(self.workdir / "artifacts"),
+                [sys.executable, "-m", "mlflow", *command,
                  "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
                 cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: kill() reaches the workers
@@ -153,22 +161,6 @@ class Scripted(BaseHTTPRequestHandler):
         pass
 
 
-def postgres_reachable() -> bool:
-    try:
-        with socket.create_connection(POSTGRES, timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _postgres(database: str = "test"):
-    import psycopg2
-
-    conn = psycopg2.connect(host=POSTGRES[0], port=POSTGRES[1], user="postgres", dbname=database)
-    conn.autocommit = True
-    return conn
-
-
 # -- fixtures -----------------------------------------------------------------------------
 
 
@@ -182,24 +174,14 @@ def sqlite_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory):
-    if not postgres_reachable():
-        pytest.skip(f"PostgreSQL does not answer at {POSTGRES[0]}:{POSTGRES[1]}")
-    database = f"autolog_test_{secrets.token_hex(4)}"
-    try:
-        conn = _postgres()
-    except Exception as exc:  # noqa: BLE001 - any connection failure means: skip
-        pytest.skip(f"PostgreSQL at {POSTGRES[0]}:{POSTGRES[1]} refused user postgres: {exc}")
-    with conn.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{database}"')
-    workdir = tmp_path_factory.mktemp("mlflow-postgres")
-    server = MlflowServer(f"postgresql+psycopg2://postgres@{POSTGRES[0]}:{POSTGRES[1]}/{database}", workdir)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        with conn.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        conn.close()
+    with fresh_postgres_database("autolog_test") as database:
+        workdir = tmp_path_factory.mktemp("mlflow-postgres")
+        server = MlflowServer(
+            f"postgresql+psycopg2://postgres@{POSTGRES[0]}:{POSTGRES[1]}/{database}", workdir)
+        try:
+            yield server.start()
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
@@ -223,6 +205,24 @@ def fault_server(spare_server):
     if not spare_server.running:
         spare_server.start()
     return spare_server
+
+
+@pytest.fixture
+def mlflow_server_on(tmp_path_factory):
+    """``mlflow_server_on(uri)`` starts ``mlflow server --backend-store-uri <uri>`` and
+    returns it; ``mlflow_server_on(None, workdir=d)`` starts ``mlflow ui`` in ``d`` with no
+    flag. Every server it started is stopped after the test (before a database fixture
+    the test took first is dropped)."""
+    servers: list[MlflowServer] = []
+
+    def start(uri: str | None, workdir: Path | None = None) -> MlflowServer:
+        server = MlflowServer(uri, workdir or tmp_path_factory.mktemp("mlflow-server"))
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture
