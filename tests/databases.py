@@ -110,7 +110,7 @@ def release(uri: str) -> None:
 
 @pytest.fixture
 def sqlite_uri(tmp_path) -> Iterator[str]:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{tmp_path / 'sql' / 'mlflow.db'}"  # not conftest's default store
     yield uri
     release(uri)
 

@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import math
 import random
-import secrets
 import sys
 
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow_server import POSTGRES, MlflowServer, postgres_reachable
+from mlflow_server import MlflowServer
 
 import autolog
 from autolog.stores.sql import search
 from autolog.stores.sql.search import search_runs_with_mlflow
 
-pytest_plugins = ("mlflow_server",)
+pytest_plugins = ("mlflow_server", "databases")
 
 EXPERIMENTS = ("parity/a", "parity/b")
 BASE_TIME = 1_700_000_000_000
@@ -290,29 +289,7 @@ def test_pandas_output_without_pandas_says_what_to_install(on_server, monkeypatc
         autolog.search_runs(list(EXPERIMENTS), output_format="pandas")
 
 
-# -- PostgreSQL: a fresh database per test --------------------------------------------------
-
-
-@pytest.fixture
-def postgres_uri():
-    if not postgres_reachable():
-        pytest.skip(f"PostgreSQL does not answer at {POSTGRES[0]}:{POSTGRES[1]}")
-    import psycopg2
-
-    database = f"autolog_search_{secrets.token_hex(4)}"
-    try:
-        admin = psycopg2.connect(host=POSTGRES[0], port=POSTGRES[1], user="postgres", dbname="postgres")
-    except psycopg2.Error as exc:
-        pytest.skip(f"PostgreSQL at {POSTGRES[0]}:{POSTGRES[1]} refused user postgres: {exc}")
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{database}"')
-    try:
-        yield f"postgresql+psycopg2://postgres@{POSTGRES[0]}:{POSTGRES[1]}/{database}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        admin.close()
+# -- PostgreSQL: a fresh database per test (databases.postgres_uri) ---------------------------
 
 
 def test_postgres_search_matches_mlflow(postgres_uri, tmp_path):
