@@ -10,17 +10,13 @@ keeps ±inf as ±max float, NaN with a flag), so "equal" means: as if MLflow had
 from __future__ import annotations
 
 import math
-import sqlite3
 import time
-from pathlib import Path
 
 import pytest
 import requests
 from browser import page_text, require_chromium, run_page_url
 
 import autolog
-from autolog.stores import open_store
-from autolog.stores.base import StoreError
 
 pytest_plugins = ("mlflow_server", "databases")
 
@@ -36,26 +32,6 @@ POINTS = [  # (key, step, value, timestamp), logged in this order
     ("special", 2, -math.inf, T0 + 2), ("special", 3, math.nan, T0 + 3),
 ]
 BATCH = ({"accuracy": 0.875, "f1": 0.75}, 3, T0 + 5000)  # log_metrics(values, step, timestamp)
-
-
-def require_mlflow_schema_store(uri: str, probe_dir: Path) -> None:
-    """Skip while autolog cannot log to ``uri``'s kind of database in MLflow's schema.
-
-    Temporary, until autolog's MLflow-schema SQL store lands: autolog refuses
-    ``postgresql://`` and ``mysql://`` URIs (StoreError) and writes a schema of its own
-    into SQLite files (probed in a spare file). Remove this guard when the store lands.
-    """
-    scheme = uri.split(":", 1)[0].split("+", 1)[0]
-    probe = f"sqlite:///{probe_dir / 'probe.db'}" if scheme == "sqlite" else uri
-    try:
-        open_store(probe)
-    except StoreError as exc:
-        pytest.skip(f"autolog cannot yet log to {scheme}: {exc}")
-    if scheme == "sqlite":
-        with sqlite3.connect(probe_dir / "probe.db") as conn:
-            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
-        if "alembic_version" not in tables:
-            pytest.skip("autolog cannot yet log to sqlite: it writes its own schema, not MLflow's")
 
 
 # -- what is logged -------------------------------------------------------------------------
@@ -145,10 +121,9 @@ def _ids(runs) -> set[str]:
 # -- tests ----------------------------------------------------------------------------------
 
 
-def test_mlflow_client_reads_every_value_autolog_logged(sql_uri, tmp_path):
+def test_mlflow_client_reads_every_value_autolog_logged(sql_uri):
     from mlflow import MlflowClient
 
-    require_mlflow_schema_store(sql_uri, tmp_path)
     started = int(time.time() * 1000)
     ids = log_with_autolog(sql_uri)
     client = MlflowClient(tracking_uri=sql_uri)
@@ -196,10 +171,9 @@ def test_mlflow_client_reads_every_value_autolog_logged(sql_uri, tmp_path):
     assert [run.info.run_id for run in by_loss][0] == ids[DOOMED]
 
 
-def test_mlflow_server_serves_what_autolog_logged_over_rest(sql_uri, mlflow_server_on, tmp_path):
+def test_mlflow_server_serves_what_autolog_logged_over_rest(sql_uri, mlflow_server_on):
     from mlflow import MlflowClient
 
-    require_mlflow_schema_store(sql_uri, tmp_path)
     ids = log_with_autolog(sql_uri)
     server = mlflow_server_on(sql_uri)
     direct, over_rest = MlflowClient(tracking_uri=sql_uri), server.client()
@@ -220,9 +194,8 @@ def test_mlflow_server_serves_what_autolog_logged_over_rest(sql_uri, mlflow_serv
     assert [r["info"]["run_id"] for r in found] == [ids[CHILD]]
 
 
-def test_mlflow_ui_shows_a_run_autolog_logged(sql_uri, mlflow_server_on, tmp_path):
+def test_mlflow_ui_shows_a_run_autolog_logged(sql_uri, mlflow_server_on):
     require_chromium()
-    require_mlflow_schema_store(sql_uri, tmp_path)
     ids = log_with_autolog(sql_uri)
     server = mlflow_server_on(sql_uri)
     experiment_id = server.client().get_run(ids[PARENT]).info.experiment_id
@@ -232,7 +205,7 @@ def test_mlflow_ui_shows_a_run_autolog_logged(sql_uri, mlflow_server_on, tmp_pat
     assert "Finished" in text
 
 
-def test_a_database_mlflow_created_and_filled_keeps_its_runs_untouched(sql_uri, tmp_path):
+def test_a_database_mlflow_created_and_filled_keeps_its_runs_untouched(sql_uri):
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=sql_uri)  # MLflow creates the schema, then fills it
@@ -254,7 +227,6 @@ def test_a_database_mlflow_created_and_filled_keeps_its_runs_untouched(sql_uri, 
     before = database_dump(client)
     assert set(before["runs"]) == {parent, child, deleted, still_running}
 
-    require_mlflow_schema_store(sql_uri, tmp_path)
     autolog.set_tracking_uri(sql_uri)
     with autolog.start_run(run_name="autolog-in-mlflows-experiment", experiment="mlflow-made") as beside:
         autolog.log_param("lr", 0.2)
@@ -277,7 +249,7 @@ def test_a_database_mlflow_created_and_filled_keeps_its_runs_untouched(sql_uri, 
         *(e["name"] for e in before["experiments"].values()), "autolog-made"}
 
 
-def test_resuming_a_run_mlflow_created_seeds_the_param_ledger(sql_uri, tmp_path):
+def test_resuming_a_run_mlflow_created_seeds_the_param_ledger(sql_uri):
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=sql_uri)
@@ -287,7 +259,6 @@ def test_resuming_a_run_mlflow_created_seeds_the_param_ledger(sql_uri, tmp_path)
     client.log_metric(run_id, "loss", 1.0, timestamp=T0, step=0)
     client.set_terminated(run_id, "KILLED")
 
-    require_mlflow_schema_store(sql_uri, tmp_path)
     autolog.set_tracking_uri(sql_uri)
     with autolog.start_run(run_id=run_id):
         assert client.get_run(run_id).info.status == "RUNNING"
@@ -313,14 +284,13 @@ def test_the_default_store_is_mlflows_default_and_mlflow_ui_shows_it(tmp_path, m
     monkeypatch.chdir(project)
     monkeypatch.delenv("AUTOLOG_TRACKING_URI")  # conftest's; MLFLOW_TRACKING_URI is unset too
     monkeypatch.setattr(tracking_utils, "_tracking_uri", None)  # as if no mlflow.set_tracking_uri
-    require_mlflow_schema_store("sqlite:///", tmp_path)
 
     with autolog.start_run(run_name="autolog-default-place") as run:
         autolog.log_metric("accuracy", 0.875)
     assert autolog.flush()
     assert (project / "mlflow.db").is_file()
 
-    assert mlflow.get_tracking_uri() == "sqlite:///mlflow.db"  # MLflow's own default
+    assert mlflow.get_tracking_uri() == f"sqlite:///{project / 'mlflow.db'}"  # MLflow's default, here
     seen = mlflow.MlflowClient().get_run(run.id)
     assert seen.info.run_name == "autolog-default-place" and seen.info.status == "FINISHED"
     assert seen.data.metrics == {"accuracy": 0.875}
@@ -332,14 +302,13 @@ def test_the_default_store_is_mlflows_default_and_mlflow_ui_shows_it(tmp_path, m
     assert "autolog-default-place" in text and "accuracy 0.875" in text, text[:3000]
 
 
-def test_a_plain_mysql_uri_logs_through_pymysql(mysql_uri, tmp_path):
+def test_a_plain_mysql_uri_logs_through_pymysql(mysql_uri):
     """``mysql://``, the form a team's MLflow config often holds, logs with the driver
     autolog declares (PyMySQL: SQLAlchemy's default for it, mysqlclient, is not installed
     here) into the database MLflow reads through ``mysql+pymysql://``."""
     from mlflow import MlflowClient
 
     plain = mysql_uri.replace("mysql+pymysql://", "mysql://", 1)
-    require_mlflow_schema_store(plain, tmp_path)
     autolog.set_tracking_uri(plain)
     with autolog.start_run(run_name="plain-mysql", experiment=EXPERIMENT) as run:
         autolog.log_param("driver", "pymysql")
