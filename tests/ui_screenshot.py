@@ -2,7 +2,7 @@
 app ``mlflow ui`` runs) on the store, opens a run's page in headless Chromium, saves it.
 
     .venv/bin/python examples/demo.py
-    .venv/bin/python tests/ui_screenshot.py --run xgboost --out docs/mlflow-ui.png
+    .venv/bin/python tests/ui_screenshot.py --run xgboost --out docs/mlflow-ui-run.png
 
 ``--store`` defaults to MLflow's own default, ``sqlite:///mlflow.db`` in this directory;
 ``--run`` takes a run name or id (default: the newest run that has metrics); ``--view``
