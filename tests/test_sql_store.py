@@ -9,6 +9,7 @@ import stat
 import time
 
 import pytest
+from databases import mysql_uri, postgres_uri  # noqa: F401 - fixtures
 
 from autolog.stores.base import Metric, ParamRefusedError, RunNotFoundError, StoreError
 from autolog.stores.sql.schema import TESTED_REVISIONS
@@ -155,7 +156,7 @@ def test_tables_equal_what_mlflows_own_store_writes(tmp_path):
 POINTS, PARAMS, PROCESSES = 20_000, 20, 16
 
 
-def _writer_process(uri, index, start_at, errors):
+def _writer_process(uri, index, start_at, errors, points=POINTS):
     import warnings
 
     warnings.simplefilter("error")
@@ -166,7 +167,7 @@ def _writer_process(uri, index, start_at, errors):
         time.sleep(max(0.0, start_at - time.time()))  # all start at the same instant
         with autolog.start_run(run_name=f"proc-{index}", experiment="concurrent"):
             autolog.log_params({f"p{i}": i * index for i in range(PARAMS)})
-            for step in range(POINTS):
+            for step in range(points):
                 autolog.log_metric("loss", step * 0.5, step=step)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         errors.put(f"process {index}: {type(exc).__name__}: {exc}")
@@ -251,3 +252,39 @@ def test_sigkill_loses_at_most_one_flush_interval(tmp_path):
     surely_written = max(step for step, at in logged if at <= killed_at - interval - one_write)
     assert len(steps) >= surely_written, (len(steps), surely_written, logged[-1])
     assert MlflowClient(uri).get_run(run_id).info.status == "RUNNING"  # killed: no end
+
+
+# -- many processes on one PostgreSQL and one MySQL database --------------------------------
+
+SERVER_PROCESSES, SERVER_POINTS = 8, 5_000
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mysql"])
+def test_many_processes_start_at_once_on_a_new_server_database(backend, request):
+    """They create MLflow's schema once (the others wait on the database's lock) and
+    write at once; MLflow's client reads every point."""
+    from mlflow import MlflowClient
+
+    uri = request.getfixturevalue(f"{backend}_uri")
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    start_at = time.time() + 5.0
+    processes = [context.Process(target=_writer_process,
+                                 args=(uri, i, start_at, errors, SERVER_POINTS))
+                 for i in range(SERVER_PROCESSES)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+    reported = []
+    while not errors.empty():
+        reported.append(errors.get())
+    assert reported == [] and all(p.exitcode == 0 for p in processes), reported
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("concurrent")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    assert len(runs) == SERVER_PROCESSES
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "loss")
+        assert sorted(m.step for m in history) == list(range(SERVER_POINTS))

@@ -22,6 +22,7 @@ import os
 import sqlite3
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from autolog.stores.base import StoreError
@@ -142,10 +143,12 @@ def _run_mlflow_migrations(db_uri: str, artifact_root: str) -> None:
     for logger in quiet:
         logger.setLevel(logging.WARNING)
     try:
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        with warnings.catch_warnings():  # MLflow's own deprecations are not the user's
+            warnings.simplefilter("ignore")
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-        store = SqlAlchemyStore(db_uri, artifact_root)
-        store.engine.dispose()
+            store = SqlAlchemyStore(db_uri, artifact_root)
+            store.engine.dispose()
     except Exception as exc:
         raise StoreError(f"MLflow could not create its schema in {redact_uri(db_uri)}: "
                          f"{type(exc).__name__}: {exc}") from exc
