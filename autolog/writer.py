@@ -17,9 +17,11 @@ Nothing is discarded because a write failed:
   is ended all the same (a late ``log_metric`` raises), and its data stays queued: the
   writer keeps retrying it in the background.
 - Back-pressure: past ``HIGH_WATER_POINTS`` pending points (:mod:`autolog.run`) the
-  training thread waits for the writer at most ``AUTOLOG_BACKPRESSURE_WAIT`` seconds
-  (default 0.5), and not at all while the run's writes are failing; what the store has
-  still not taken then goes to the fallback spool, so memory stays bounded. One call
+  training thread waits for the writer: as long as the store takes points (a store slower
+  than the loop sets its pace: a database is the home of the data, the spool a refuge),
+  at most ``AUTOLOG_BACKPRESSURE_WAIT`` seconds (default 0.5) without progress, and not
+  at all while the run's writes are failing; what the store has still not taken then
+  goes to the fallback spool, so memory stays bounded. Against a failing store one call
   waits at most that long plus one spill (about 0.1 s per 50,000 points, fsync included;
   the first spill of the process also opens the spool, about 0.5 s more). Lazy values
   (numpy, torch) spilled there are converted on the training thread, in that rare case.
@@ -69,6 +71,7 @@ class Writer:
         self.exit_timeout = env_float("AUTOLOG_EXIT_TIMEOUT", 10.0)
         self.end_timeout = env_float("AUTOLOG_END_TIMEOUT", 10.0)
         self.backpressure_wait = env_float("AUTOLOG_BACKPRESSURE_WAIT", 0.5)
+        self._writing = False  # inside a store call (back-pressure waits for it to end)
         self._runs: dict[int, Run] = {}
         self._io_lock = threading.RLock()
         self._wake = threading.Event()
@@ -104,6 +107,7 @@ class Writer:
         if not self._io_lock.acquire(timeout=lock_timeout):
             return False
         try:  # the warnings too are given under the lock: a flush that follows sees them
+            self._writing = True
             try:
                 wrote = self._write_params_and_tags(run)
                 wrote += self._write_metrics(run)
@@ -125,6 +129,8 @@ class Writer:
                     _warn(f"could not write to {run.store.uri} for run {run.id} "
                           f"({type(exc).__name__}: {exc}); the data is kept and retried")
                 return False
+            finally:
+                self._writing = False
             if wrote and self._failing.pop(id(run), None) is not None:
                 _warn(f"writing run {run.id} to {run.store.uri} works again")
             return True
@@ -151,13 +157,20 @@ class Writer:
 
     def relieve(self, run: Run, limit: int) -> None:
         """Back-pressure, on the training thread: more than ``limit`` points are queued.
-        Wait for the writer at most ``backpressure_wait`` (not at all while the run's writes
-        fail), then spill what is still queued to the fallback spool."""
+        Wait for the writer while the store takes points (a slow store sets the loop's
+        pace), at most ``backpressure_wait`` seconds without progress, and not at all while
+        the run's writes fail; then spill what is still queued to the fallback spool."""
         if id(run) not in self._failing:
             self._wake.set()
             deadline = time.monotonic() + self.backpressure_wait
-            while len(run.metric_queue) + len(run.lazy_metric_queue) > limit:
-                if time.monotonic() >= deadline:
+            lowest = len(run.metric_queue) + len(run.lazy_metric_queue)
+            while (queued := len(run.metric_queue) + len(run.lazy_metric_queue)) > limit:
+                if id(run) in self._failing:
+                    break  # the store fails now: spill
+                now = time.monotonic()
+                if queued < lowest:  # the writer took a batch: the store is slow, not failing
+                    lowest, deadline = queued, now + self.backpressure_wait
+                elif now >= deadline and not self._writing:
                     break
                 time.sleep(0.002)
             else:
@@ -304,6 +317,7 @@ class Writer:
 
     def after_fork_in_child(self) -> None:
         self._io_lock = threading.RLock()
+        self._writing = False
         self._wake = threading.Event()
         self._thread = None
         self._failing.clear()

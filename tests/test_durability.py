@@ -408,3 +408,22 @@ def test_a_value_the_store_cannot_encode_is_set_aside_and_the_rest_flows(store_u
     assert [m.step for m in autolog.get_metric_history(run.id, "m")] == [
         step for step in range(2_000) if step != 1_000]
     assert len(autolog.get_metric_history(run.id, "after")) == 1
+
+
+def test_a_loop_faster_than_the_store_is_paced_by_it_and_spools_nothing(tmp_path):
+    """A healthy store slower than the loop: back-pressure waits for it (the writer takes
+    batch after batch) instead of spilling to the spool, which only `autolog sync` empties."""
+    db_path = tmp_path / "mlflow.db"
+    script = textwrap.dedent("""
+        import autolog
+        with autolog.start_run() as run:
+            for step in range(800_000):
+                autolog.log_metric("m", float(step), step=step)
+        print(run.id)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**_env(tmp_path, db_path), "AUTOLOG_EXIT_TIMEOUT": "60"}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "spool" not in out.stderr, out.stderr
+    assert _stored(db_path, out.stdout.strip()) == (list(range(800_000)), "FINISHED")
+    assert not list((tmp_path / "spool").glob("*.spool"))
