@@ -28,6 +28,17 @@ def redact_uri(uri: object) -> str:
     return f"{match['head'] or ''}{shown}@{host}{text[match.end():]}"
 
 
+def without_password(uri: str) -> str:
+    """``uri`` with the password of its userinfo removed (the user name kept): the form a
+    database URI is shown, and recorded in a spool, in."""
+    match = _AUTHORITY.match(uri)
+    if match is None or "@" not in match["authority"]:
+        return uri
+    userinfo, _, host = match["authority"].rpartition("@")
+    user = userinfo.partition(":")[0]
+    return f"{match['head'] or ''}{user + '@' if user else ''}{host}{uri[match.end():]}"
+
+
 def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
     """``uri`` without ``user:password@``, and the user and password it carried,
     percent-decoded (``p%40ss`` is the password ``p@ss``)."""

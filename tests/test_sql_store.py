@@ -288,3 +288,67 @@ def test_many_processes_start_at_once_on_a_new_server_database(backend, request)
         assert run.info.status == "FINISHED"
         history = client.get_metric_history(run.info.run_id, "loss")
         assert sorted(m.step for m in history) == list(range(SERVER_POINTS))
+
+
+# -- a password in a database URI ----------------------------------------------------------
+
+
+_LOG_THEN_LOSE_ACCESS = """
+import sys
+import autolog
+run = autolog.start_run()
+autolog.log_metric("m", 1.0, step=0)
+assert autolog.flush()
+print(run.id, flush=True)
+sys.stdin.readline()  # the parent revokes this user's rights meanwhile
+autolog.log_metric("m", 2.0, step=1)
+"""
+
+
+def test_a_password_is_never_shown_nor_spooled_and_sync_takes_it_from_the_configured_uri(
+        request, tmp_path):
+    """MariaDB with a user that has a password, whose rights are revoked mid-run: what the
+    database refuses goes to the spool at exit, under the URI without the password, and
+    no message shows it; `autolog sync` gets it back from the configured URI."""
+    import subprocess
+    import sys
+    import uuid
+
+    import pymysql
+    from mlflow import MlflowClient
+
+    database = request.getfixturevalue("mysql_uri").rsplit("/", 1)[1]
+    user, password = f"al_{uuid.uuid4().hex[:8]}", "s3cret-pw!"
+    uri = f"mysql+pymysql://{user}:{password}@127.0.0.1:3306/{database}"
+    env = {**os.environ, "AUTOLOG_TRACKING_URI": uri, "AUTOLOG_SPOOL_DIR": str(tmp_path / "spool"),
+           "AUTOLOG_END_TIMEOUT": "1", "AUTOLOG_EXIT_TIMEOUT": "1"}
+    admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", autocommit=True)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (password,))
+            cursor.execute(f"GRANT ALL ON `{database}`.* TO '{user}'@'%'")
+        child = subprocess.Popen([sys.executable, "-c", _LOG_THEN_LOSE_ACCESS], env=env, text=True,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        run_id = child.stdout.readline().strip()
+        with admin.cursor() as cursor:
+            cursor.execute(f"REVOKE ALL ON `{database}`.* FROM '{user}'@'%'")
+        _, stderr = child.communicate("go\n", timeout=120)
+        assert child.returncode == 0, stderr
+        shown = f"mysql+pymysql://{user}@127.0.0.1:3306/{database}"
+        assert f"could not be written to {shown}; kept in" in stderr, stderr
+        assert password not in stderr
+        spooled = list((tmp_path / "spool").iterdir())
+        assert spooled and not any(password.encode() in path.read_bytes() for path in spooled)
+        with admin.cursor() as cursor:
+            cursor.execute(f"GRANT ALL ON `{database}`.* TO '{user}'@'%'")
+        sync = subprocess.run([sys.executable, "-m", "autolog.cli", "sync"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert sync.returncode == 0 and password not in sync.stdout + sync.stderr, sync
+        client = MlflowClient(uri)
+        history = client.get_metric_history(run_id, "m")
+        assert sorted((m.step, m.value) for m in history) == [(0, 1.0), (1, 2.0)]
+        assert client.get_run(run_id).info.status == "FINISHED"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+        admin.close()

@@ -43,7 +43,7 @@ from autolog.stores.base import (
 )
 from autolog.stores.sql.dialects import Dialect, SQLiteDialect, absolute_sqlite_uri, dialect_for
 from autolog.stores.sql.schema import ensure_schema
-from autolog.uris import redact_uri
+from autolog.uris import without_password
 
 _FLOAT_MAX = sys.float_info.max
 _RUN_COLUMNS = "run_uuid, experiment_id, name, status, start_time, end_time"
@@ -74,12 +74,12 @@ def _driver_errors(method):
             raise
         except Exception as exc:
             if self.dialect.bad_value(exc):
-                raise ValueError(f"{self.display_uri} cannot store a value: {exc}") from exc
+                raise ValueError(f"{self.uri} cannot store a value: {exc}") from exc
             server = not isinstance(self.dialect, SQLiteDialect)
             if server:  # the connection may be broken: the next call opens a new one
                 self._drop_connection()
             if server or self.dialect.transient(exc):
-                raise StoreError(f"{self.display_uri}: {type(exc).__name__}: {exc}") from exc
+                raise StoreError(f"{self.uri}: {type(exc).__name__}: {exc}") from exc
             raise
     return call
 
@@ -89,11 +89,13 @@ class SqlStore:
     ``mysql://`` URIs: an MLflow tracking database."""
 
     def __init__(self, uri: str, create: bool = True):
-        self.uri = absolute_sqlite_uri(uri) if uri.startswith("sqlite:///") else uri
-        self.display_uri = redact_uri(self.uri)
+        full = absolute_sqlite_uri(uri) if uri.startswith("sqlite:///") else uri
+        # The URI as shown and as recorded in a spool: never its password (the connection,
+        # made by the dialect, keeps it; `autolog sync` takes it from the configured URI).
+        self.uri = without_password(full)
         # MLflow's client puts a run's artifacts under ./mlruns of the process that logs it
         self.artifact_root = os.path.abspath("mlruns")
-        self.dialect: Dialect = dialect_for(self.uri)
+        self.dialect: Dialect = dialect_for(full)
         if isinstance(self.dialect, SQLiteDialect):
             self._prepare_file(create)
         self._local = threading.local()
@@ -105,7 +107,7 @@ class SqlStore:
             self.close()
             if isinstance(exc, StoreError):
                 raise
-            raise StoreError(f"{self.display_uri}: {type(exc).__name__}: {exc}") from exc
+            raise StoreError(f"{self.uri}: {type(exc).__name__}: {exc}") from exc
 
     def _prepare_file(self, create: bool) -> None:
         path = self.dialect.path
@@ -178,7 +180,7 @@ class SqlStore:
         if row is None:
             return None
         if row[2] == "deleted":
-            raise StoreError(f"experiment {name!r} is deleted in {self.display_uri}; restore it "
+            raise StoreError(f"experiment {name!r} is deleted in {self.uri}; restore it "
                              f"with: mlflow experiments restore --experiment-id {row[0]}")
         return Experiment(str(row[0]), row[1])
 
@@ -220,7 +222,7 @@ class SqlStore:
                                 "WHERE experiment_id = ?", (int(experiment_id),)).fetchone()
             if row is None or row[1] != "active":
                 raise StoreError(f"experiment {experiment_id} is {'deleted' if row else 'missing'} "
-                                 f"in {self.display_uri}")
+                                 f"in {self.uri}")
             self._execute(
                 cursor,
                 "INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, "
@@ -236,7 +238,7 @@ class SqlStore:
 
     def _require_run(self, cursor, run_id: str) -> None:
         if self._execute(cursor, "SELECT 1 FROM runs WHERE run_uuid = ?", (run_id,)).fetchone() is None:
-            raise RunNotFoundError(f"no run {run_id!r} in {self.display_uri}")
+            raise RunNotFoundError(f"no run {run_id!r} in {self.uri}")
 
     @_driver_errors
     def update_run(self, run_id: str, status: str, end_time: int | None) -> None:
@@ -302,7 +304,7 @@ class SqlStore:
             row = self._execute(cursor, f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_uuid = ?",
                                 (run_id,)).fetchone()
             if row is None:
-                raise RunNotFoundError(f"no run {run_id!r} in {self.display_uri}")
+                raise RunNotFoundError(f"no run {run_id!r} in {self.uri}")
             return self._record(cursor, row)
 
     def _record(self, cursor, row: tuple) -> RunRecord:
@@ -387,7 +389,7 @@ class SqlStore:
     def sqlalchemy_uri(self) -> str:
         """The URI MLflow's own code opens this database with."""
         engine = getattr(self.dialect, "engine", None)
-        return self.uri if engine is None else engine.url.render_as_string(hide_password=False)
+        return self.dialect.uri if engine is None else engine.url.render_as_string(hide_password=False)
 
 
 def _user() -> str:
