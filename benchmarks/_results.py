@@ -9,10 +9,16 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+
+# Every benchmark (and each process it starts) spools into a folder of its own: what a
+# benchmark's run leaves there names its temporary store, and must never join the user's
+# own spool in ~/.autolog/spool, where `autolog sync` would try it.
+os.environ["AUTOLOG_SPOOL_DIR"] = tempfile.mkdtemp(prefix="autolog-bench-spool-")
 
 
 def machine() -> str:

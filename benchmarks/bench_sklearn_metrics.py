@@ -171,7 +171,6 @@ def main() -> int:
     sizes = [2_000, 20_000] if args.quick else [2_000, 20_000, 100_000]
     workdir = tempfile.mkdtemp(prefix="autolog-bench-")
     os.environ["AUTOLOG_TRACKING_URI"] = f"sqlite:///{workdir}/autolog.db"
-    os.environ["AUTOLOG_SPOOL_DIR"] = f"{workdir}/spool"
 
     from threadpoolctl import threadpool_limits
 
