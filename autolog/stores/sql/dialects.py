@@ -23,13 +23,8 @@ from autolog.stores.base import StoreError
 from autolog.stores.sqlite_file import busy_timeout, retry_locked, transaction
 from autolog.uris import redact_uri
 
-SQL_SCHEMES = ("sqlite:///", "postgresql", "mysql")
 SCHEMA_LOCK = "autolog-mlflow-schema"
 ROWS_PER_STATEMENT = 1000
-
-
-def is_sql_uri(uri: str) -> bool:
-    return uri.startswith(SQL_SCHEMES) and (uri.startswith("sqlite:///") or "://" in uri)
 
 
 def sqlite_path(uri: str) -> Path:

@@ -107,11 +107,10 @@ def _refuse_foreign(dialect: Dialect, conn) -> None:
     tables = _tables(dialect, conn)
     if not tables:
         return
-    if "metric_chunks" in tables:
-        path = dialect.uri[len("sqlite:///"):] if dialect.name == "sqlite" else "autolog.db"
+    if isinstance(dialect, SQLiteDialect) and "metric_chunks" in tables:
         raise StoreError(
             f"{dialect.uri} is an autolog 0.1 store, not an MLflow database; copy its runs into "
-            f"one with: autolog sync --from sqlite:///{path} --to sqlite:///mlflow.db")
+            f"one with: autolog sync --from sqlite:///{dialect.path} --to sqlite:///mlflow.db")
     raise StoreError(
         f"{redact_uri(dialect.uri)} holds tables ({', '.join(sorted(tables)[:5])}, ...) but not "
         "MLflow's schema; point the tracking URI at an MLflow database or a new one")

@@ -325,35 +325,32 @@ class SqlStore:
                 for page in self.iter_metric_history(run_id, key)
                 for _, value, timestamp, step in page]
 
-    @_driver_errors
     def iter_metric_history(self, run_id: str, key: str,
                             page: int = 50_000) -> Iterator[list[MetricRow]]:
         """A key's points in pages of ``page`` rows, ordered by step, then time (keyset
         pagination: memory stays at one page, on every database)."""
-        with self._read() as cursor:
-            self._require_run(cursor, run_id)
         after = None
-        while True:
-            with self._read() as cursor:
-                if after is None:
-                    self._execute(cursor, "SELECT step, timestamp, value, is_nan FROM metrics "
-                                  'WHERE run_uuid = ? AND "key" = ? '
-                                  "ORDER BY step, timestamp, value, is_nan LIMIT ?",
-                                  (run_id, key, page))
-                else:
-                    self._execute(cursor, "SELECT step, timestamp, value, is_nan FROM metrics "
-                                  'WHERE run_uuid = ? AND "key" = ? AND '
-                                  "(step, timestamp, value, is_nan) > (?, ?, ?, ?) "
-                                  "ORDER BY step, timestamp, value, is_nan LIMIT ?",
-                                  (run_id, key, *after, page))
-                rows = cursor.fetchall()
-            if not rows:
-                return
+        while rows := self._history_page(run_id, key, after, page):
             yield [(key, math.nan if is_nan else value, timestamp, step)
                    for step, timestamp, value, is_nan in rows]
             if len(rows) < page:
                 return
             after = rows[-1]
+
+    @_driver_errors
+    def _history_page(self, run_id: str, key: str, after: tuple | None, page: int) -> list[tuple]:
+        """(step, timestamp, value, is_nan) rows after ``after``; the first page (``after``
+        None) checks that the run exists. A method of its own so that driver errors are
+        translated while a caller iterates, not only when the generator is made."""
+        with self._read() as cursor:
+            if after is None:
+                self._require_run(cursor, run_id)
+            keyset = "" if after is None else "AND (step, timestamp, value, is_nan) > (?, ?, ?, ?) "
+            return self._execute(
+                cursor, "SELECT step, timestamp, value, is_nan FROM metrics "
+                f'WHERE run_uuid = ? AND "key" = ? {keyset}'
+                "ORDER BY step, timestamp, value, is_nan LIMIT ?",
+                (run_id, key, *(after or ()), page)).fetchall()
 
     @_driver_errors
     def metric_counts(self, run_id: str) -> dict[str, int]:
