@@ -6,7 +6,7 @@ import sys
 import threading
 
 from autolog.stores.base import Store, StoreError
-from autolog.uris import SERVER_URI_PREFIXES, check_tracking_uri, is_sql_uri, redact_uri
+from autolog.uris import check_tracking_uri, is_sql_uri
 
 _open: dict[tuple[str, bool], Store] = {}
 _lock = threading.Lock()
@@ -33,19 +33,17 @@ def open_store(uri: str, create: bool = True) -> Store:
 
 
 def _make(uri: str, create: bool) -> Store:
+    try:
+        check_tracking_uri(uri)  # an MLflow database or an MLflow server, else why not
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
     if is_sql_uri(uri):
         from autolog.stores.sql.store import SqlStore
 
         return SqlStore(uri, create=create)
-    if uri.startswith(SERVER_URI_PREFIXES):
-        from autolog.stores.spool.remote import SpoolStore
+    from autolog.stores.spool.remote import SpoolStore
 
-        return SpoolStore(uri)  # the durable spool in front of the server
-    try:
-        check_tracking_uri(uri)
-    except ValueError as exc:
-        raise StoreError(str(exc)) from None
-    raise StoreError(f"unsupported tracking URI {redact_uri(uri)!r}")
+    return SpoolStore(uri)  # the durable spool in front of the server
 
 
 def close_all() -> None:
