@@ -66,6 +66,9 @@ class RunInfo:
     status: str
     start_time: int
     end_time: int | None = None
+    # Where the run's artifacts live, as MLflow records it (a local path, mlflow-artifacts:/…,
+    # s3://…); "" where not known yet (a run started offline).
+    artifact_uri: str = ""
 
 
 @dataclass
@@ -93,6 +96,7 @@ class RunRecord:
             "status": self.info.status,
             "start_time": self.info.start_time,
             "end_time": self.info.end_time,
+            "artifact_uri": self.info.artifact_uri,
             "params": dict(sorted(self.params.items())),
             "tags": dict(sorted(self.tags.items())),
             "metrics": dict(sorted(self.metrics.items())),

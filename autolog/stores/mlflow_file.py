@@ -176,5 +176,6 @@ def _record(run) -> RunRecord:
     info, data = run.info, run.data
     name = info.run_name or data.tags.get("mlflow.runName", "")
     return RunRecord(
-        RunInfo(info.run_id, info.experiment_id, name, info.status, info.start_time, info.end_time),
+        RunInfo(info.run_id, info.experiment_id, name, info.status, info.start_time, info.end_time,
+                info.artifact_uri or ""),
         dict(data.params), dict(data.tags), dict(data.metrics))

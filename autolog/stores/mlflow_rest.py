@@ -336,6 +336,27 @@ class _BearerAuth(requests.auth.AuthBase):
         return "<bearer token>"
 
 
+def authenticate(session: requests.Session, uri: str) -> tuple[str, list[str]]:
+    """Set up ``session`` to talk to the MLflow server at ``uri`` as MLflow's own client
+    would: basic auth or a bearer token, TLS verification, a client certificate (see the
+    module doc). Returns the URI without credentials and the secrets that must never be
+    shown (to redact from messages)."""
+    clean, user, password = split_credentials(uri)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or user
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or password
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if user and password:  # MLflow prefers basic auth when both are configured
+        session.auth = (user, password)
+    elif token:
+        session.auth = _BearerAuth(token)
+    session.verify = _tls_verify()
+    client_cert = os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH")
+    if client_cert:
+        session.cert = client_cert
+    session.headers["User-Agent"] = "autolog"
+    return clean, [secret for secret in (password, token) if secret]
+
+
 class MlflowRestClient:
     """The Store protocol over MLflow's REST API, one request (or a few) per call.
 
@@ -355,16 +376,9 @@ class MlflowRestClient:
         if not uri.startswith(("http://", "https://")):
             raise ValueError(f"not an MLflow server URI: {redact_uri(uri)!r} "
                              "(expected http(s)://host:port)")
-        self.uri, user, password = split_credentials(uri)
-        self._base = self.uri + API_PREFIX
         self._call_timeout = read_timeout or env_float("AUTOLOG_HTTP_TIMEOUT", CALL_TIMEOUT_S)
         # Each socket read may take the whole deadline; the deadline timer ends it sooner.
         self._timeout = (min(connect_timeout, self._call_timeout), self._call_timeout)
-        user = os.environ.get("MLFLOW_TRACKING_USERNAME") or user
-        password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or password
-        token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-        self._secrets = [secret for secret in (password, token) if secret]
-
         session = requests.Session()
         retry = _DeadlineRetry(
             total=retries,
@@ -382,15 +396,8 @@ class MlflowRestClient:
         adapter = _DeadlineAdapter(pool_connections=4, pool_maxsize=8, max_retries=retry)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        if user and password:  # MLflow prefers basic auth when both are configured
-            session.auth = (user, password)
-        elif token:
-            session.auth = _BearerAuth(token)
-        session.verify = _tls_verify()
-        client_cert = os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH")
-        if client_cert:
-            session.cert = client_cert
-        session.headers["User-Agent"] = "autolog"
+        self.uri, self._secrets = authenticate(session, uri)
+        self._base = self.uri + API_PREFIX
         self._session = session
 
     def __repr__(self) -> str:
@@ -695,6 +702,7 @@ def _run_info(info: dict) -> RunInfo:
         status=info.get("status", "RUNNING"),
         start_time=_int(info.get("start_time"), 0),  # type: ignore[arg-type]
         end_time=_int(info.get("end_time")),
+        artifact_uri=info.get("artifact_uri", ""),
     )
 
 

@@ -105,6 +105,7 @@ def _record(run) -> RunRecord:
             status=info.status,
             start_time=info.start_time or 0,
             end_time=info.end_time,
+            artifact_uri=info.artifact_uri or "",
         ),
         params=dict(run.data.params),
         tags=dict(run.data.tags),

@@ -46,7 +46,7 @@ from autolog.stores.sql.schema import ensure_schema
 from autolog.uris import without_password
 
 _FLOAT_MAX = sys.float_info.max
-_RUN_COLUMNS = "run_uuid, experiment_id, name, status, start_time, end_time"
+_RUN_COLUMNS = "run_uuid, experiment_id, name, status, start_time, end_time, artifact_uri"
 _LATEST_COLUMNS = ('"key"', "value", "timestamp", "step", "is_nan", "run_uuid")
 _METRIC_COLUMNS = ('"key"', "value", "timestamp", "run_uuid", "step", "is_nan")
 _NEWER = ("UPDATE latest_metrics SET value = ?, timestamp = ?, step = ?, is_nan = ? "
@@ -234,7 +234,8 @@ class SqlStore:
             self.dialect.executemany(cursor, self.dialect.insert_ignore(
                 "tags", ('"key"', "value", "run_uuid")),
                 [(key, value, run_id) for key, value in tags.items()])
-        return RunInfo(run_id, str(experiment_id), run_name, RUNNING, start_time)
+        return RunInfo(run_id, str(experiment_id), run_name, RUNNING, start_time,
+                       artifact_uri=f"{row[0]}/{run_id}/artifacts")
 
     def _require_run(self, cursor, run_id: str) -> None:
         if self._execute(cursor, "SELECT 1 FROM runs WHERE run_uuid = ?", (run_id,)).fetchone() is None:
@@ -308,7 +309,7 @@ class SqlStore:
             return self._record(cursor, row)
 
     def _record(self, cursor, row: tuple) -> RunRecord:
-        run_id, experiment_id, name, status, start, end = row
+        run_id, experiment_id, name, status, start, end, artifact_uri = row
         params = dict(self._execute(cursor, 'SELECT "key", value FROM params WHERE run_uuid = ?',
                                     (run_id,)).fetchall())
         tags = dict(self._execute(cursor, 'SELECT "key", value FROM tags WHERE run_uuid = ?',
@@ -316,7 +317,7 @@ class SqlStore:
         metrics = {key: math.nan if is_nan else value for key, value, is_nan in self._execute(
             cursor, 'SELECT "key", value, is_nan FROM latest_metrics WHERE run_uuid = ?',
             (run_id,)).fetchall()}
-        info = RunInfo(run_id, str(experiment_id), name or "", status, start, end)
+        info = RunInfo(run_id, str(experiment_id), name or "", status, start, end, artifact_uri or "")
         return RunRecord(info, params, tags, metrics)
 
     @_driver_errors
