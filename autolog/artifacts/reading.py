@@ -32,7 +32,7 @@ def download(where: Destination, path: object, dst: object = None,
     artifact_path = check_artifact_path(path, "path")
     root = Path(tempfile.mkdtemp(prefix="autolog-artifacts-")) if dst is None else Path(dst)
     root.mkdir(parents=True, exist_ok=True)
-    files = _files_under(where, artifact_path)
+    files = files_under(where, artifact_path)
     if not files:
         raise ArtifactNotFoundError(f"no artifact {artifact_path!r} in {where.uri}")
     for relative, size in files:
@@ -42,7 +42,7 @@ def download(where: Destination, path: object, dst: object = None,
     return root / artifact_path if artifact_path else root
 
 
-def _files_under(where: Destination, artifact_path: str) -> list[tuple[str, int | None]]:
+def files_under(where: Destination, artifact_path: str) -> list[tuple[str, int | None]]:
     """The files at or under ``artifact_path``, with their sizes."""
     parent = artifact_path.rpartition("/")[0]
     if artifact_path:

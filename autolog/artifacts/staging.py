@@ -87,7 +87,7 @@ class Staging:
         ``owner`` (a journal's name). Raises the ``OSError`` of a file that cannot be read,
         or of a staging area that cannot be written (a full disk)."""
         ref = self._prepare(owner)
-        partial = self.tmp / f"{os.getpid()}-{secrets.token_hex(6)}"
+        partial = self.partial_path()
         digest = hashlib.sha256()
         size = 0
         try:
@@ -100,10 +100,30 @@ class Staging:
         finally:
             partial.unlink(missing_ok=True)
 
+    def partial_path(self) -> Path:
+        """A new name in ``tmp/`` for a file being written in (a download, say)."""
+        self.tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self.tmp / f"{os.getpid()}-{secrets.token_hex(6)}"
+
+    def adopt_file(self, partial: Path, owner: str) -> Staged:
+        """Hash ``partial`` (a file in ``tmp/`` this process wrote) and make it an object,
+        taking a ref on it for ``owner``; ``partial`` is gone afterwards."""
+        ref = self._prepare(owner)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(partial, "rb") as reader:
+                while block := reader.read(BLOCK):
+                    digest.update(block)
+                    size += len(block)
+            return self._adopt(partial, digest.hexdigest(), size, ref)
+        finally:
+            partial.unlink(missing_ok=True)
+
     def secure_bytes(self, data: bytes, owner: str) -> Staged:
         """As :meth:`secure_file`, for bytes made in memory (a text, a dict, a figure)."""
         ref = self._prepare(owner)
-        partial = self.tmp / f"{os.getpid()}-{secrets.token_hex(6)}"
+        partial = self.partial_path()
         try:
             with open(partial, "xb") as writer:
                 writer.write(data)
@@ -127,6 +147,10 @@ class Staging:
         """Drop ``ref`` (its upload is done, or given up); delete the object when no other
         name is left on it (no other upload, no local artifact root holds it)."""
         ref.unlink(missing_ok=True)
+        self.collect(sha256)
+
+    def collect(self, sha256: str) -> None:
+        """Delete the object of ``sha256`` if nothing but its own name links to it."""
         target = self.object_path(sha256)
         with self._locked():
             try:
