@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -14,9 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow_server import free_port
+from click.testing import CliRunner
+from mlflow_server import MlflowServer, free_port
 from s3_server import BUCKET, start_moto, use_s3_endpoint
 
+import autolog
 from autolog.artifacts.destinations import destination_for
 from autolog.artifacts.destinations.base import (
     ArtifactEntry,
@@ -26,6 +29,7 @@ from autolog.artifacts.destinations.base import (
     VerificationError,
 )
 from autolog.artifacts.destinations.s3 import MULTIPART_THRESHOLD, PART_SIZE, S3Destination
+from autolog.cli import main
 
 pytest_plugins = ("mlflow_server", "s3_server")
 
@@ -199,7 +203,8 @@ def test_s3_errors_are_retried_later_or_refused_for_good(scripted_s3, tmp_path, 
 
 
 def test_without_boto3_the_error_says_what_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "boto3", None)  # as if it were not installed
+    for name in ["boto3", *(name for name in sys.modules if name.startswith("boto3."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
     with pytest.raises(ArtifactRefusedError, match=r'pip install "autolog-ml\[s3\]"'):
         S3Destination(f"s3://{BUCKET}/prefix")
 
@@ -274,3 +279,177 @@ def test_a_2gb_file_uploads_with_flat_memory_and_arrives_whole(s3_env, mlflow_ru
         assert digest.hexdigest() == sha256
     finally:
         s3.delete_object(Bucket=BUCKET, Key=key)  # moto holds objects in memory
+
+
+# -- through autolog's API: a tracking server whose artifact root is in S3 --------------------
+
+
+def _sha256_in_s3(s3, key: str) -> str:
+    """The sha256 of an object, read in one streamed GET (moto reads a ranged GET of a large
+    object whole each time, so MLflow's parallel download would be slow here)."""
+    digest = hashlib.sha256()
+    for chunk in s3.get_object(Bucket=BUCKET, Key=key)["Body"].iter_chunks(BLOCK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _key_of(client, run_id: str, artifact_path: str) -> str:
+    return f"{client.get_run(run_id).info.artifact_uri.removeprefix(f's3://{BUCKET}/')}/{artifact_path}"
+
+
+def _puts(server, key: str) -> int:
+    """How many PUT requests moto's access log shows for ``key`` (parts included)."""
+    return sum(1 for line in server.log_path.read_text(errors="replace").splitlines()
+               if f'"PUT /{BUCKET}/{key}' in line)
+
+
+def test_log_artifact_to_a_server_with_an_s3_root_reaches_s3_and_mlflow_reads_it(
+        s3_env, s3_mlflow_server, spool_dir, tmp_path):
+    source, sha256, size = _write(tmp_path / "model.bin", os.urandom(1_500_000))
+    _write(tmp_path / "report" / "plots" / "a.csv", b"x,y\n1,2\n")
+    autolog.set_tracking_uri(s3_mlflow_server.uri)
+    with autolog.start_run() as run:
+        autolog.log_artifact(source, "checkpoints")
+        autolog.log_artifacts(tmp_path / "report", "report")
+        autolog.log_text("hello", "notes.txt")
+        autolog.log_dict({"lr": 0.1}, "config.json")
+    assert autolog.flush()
+
+    client = s3_mlflow_server.client()
+    assert client.get_run(run.id).info.artifact_uri.startswith(f"s3://{BUCKET}/mlflow/")
+    assert [(entry.path, entry.is_dir) for entry in client.list_artifacts(run.id)] == [
+        ("checkpoints", True), ("config.json", False), ("notes.txt", False), ("report", True)]
+    for path, data in {"checkpoints/model.bin": source.read_bytes(), "notes.txt": b"hello",
+                       "report/plots/a.csv": b"x,y\n1,2\n"}.items():
+        downloaded = client.download_artifacts(run.id, path, str(tmp_path / "mlflow"))
+        assert Path(downloaded).read_bytes() == data
+    config = client.download_artifacts(run.id, "config.json", str(tmp_path / "mlflow"))
+    assert json.loads(Path(config).read_text()) == {"lr": 0.1}
+    for path in (None, "report", "report/plots"):
+        assert autolog.list_artifacts(run.id, path) == _entries(client.list_artifacts(run.id, path))
+    local = autolog.download_artifacts(run.id, "checkpoints/model.bin", tmp_path / "ours")
+    assert Path(local).read_bytes() == source.read_bytes()
+    head = s3_env.client().head_object(Bucket=BUCKET, Key=_key_of(client, run.id, "checkpoints/model.bin"))
+    assert head["Metadata"]["sha256"] == sha256 and head["ContentLength"] == size
+
+
+def test_the_same_bytes_logged_again_to_the_same_path_are_not_sent_again(
+        s3_env, s3_mlflow_server, spool_dir, tmp_path):
+    source, _, _ = _write(tmp_path / "weights.bin", os.urandom(200_000))
+    autolog.set_tracking_uri(s3_mlflow_server.uri)
+    with autolog.start_run() as run:
+        autolog.log_artifact(source)
+        assert autolog.flush()
+        key = _key_of(s3_mlflow_server.client(), run.id, "weights.bin")
+        assert _puts(s3_env, key) == 1
+        autolog.log_artifact(source)  # the same bytes: a HEAD finds them there
+        assert autolog.flush()
+        assert _puts(s3_env, key) == 1
+        source.write_bytes(os.urandom(200_000))  # other bytes under the same name go up
+        autolog.log_artifact(source)
+        assert autolog.flush()
+        assert _puts(s3_env, key) == 2
+    downloaded = s3_mlflow_server.client().download_artifacts(run.id, "weights.bin", str(tmp_path / "back"))
+    assert Path(downloaded).read_bytes() == source.read_bytes()
+
+
+def test_a_script_that_logs_then_exits_at_once_has_its_file_uploaded_at_exit(
+        s3_env, s3_mlflow_server, spool_dir, tmp_path):
+    """The upload runs during the exit wait, in an atexit handler, after threading's shutdown:
+    s3transfer cannot start its thread pool then, so the parts go up on the uploader's thread."""
+    source, sha256, size = _generate(tmp_path / "model.bin", MULTIPART_THRESHOLD // BLOCK + 6)
+    script = f"""
+import autolog
+with autolog.start_run() as run:
+    print(run.id, flush=True)
+    autolog.log_artifact({str(source)!r})
+"""
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "AUTOLOG_TRACKING_URI": s3_mlflow_server.uri})
+    assert child.returncode == 0, child.stderr
+    assert "autolog:" not in child.stderr  # nothing left to say at exit
+    run_id = child.stdout.split()[0]
+    client = s3_mlflow_server.client()
+    assert _entries(client.list_artifacts(run_id)) == [ArtifactEntry("model.bin", False, size)]
+    assert _sha256_in_s3(s3_env.client(), _key_of(client, run_id, "model.bin")) == sha256
+
+
+@pytest.fixture
+def own_s3_and_server(tmp_path, monkeypatch):
+    """A moto server and a mlflow server with its artifact root there, both the test's own
+    (it kills the S3 endpoint); this process and autolog use them."""
+    moto_server = start_moto(tmp_path / "moto")
+    mlflow_server = MlflowServer(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "mlflow",
+        artifact_args=["--default-artifact-root", f"s3://{BUCKET}/mlflow", "--no-serve-artifacts"],
+        env=moto_server.env())
+    try:
+        mlflow_server.start()
+        use_s3_endpoint(monkeypatch, moto_server.uri)
+        autolog.set_tracking_uri(mlflow_server.uri)
+        yield moto_server, mlflow_server
+    finally:
+        mlflow_server.stop()
+        moto_server.stop()
+
+
+def test_uploads_wait_while_the_s3_endpoint_is_down_and_arrive_when_it_is_back(
+        own_s3_and_server, spool_dir, tmp_path):
+    moto_server, mlflow_server = own_s3_and_server
+    source, sha256, size = _write(tmp_path / "data.bin", os.urandom(2_000_000))
+    moto_server.kill()
+    with autolog.start_run() as run:
+        started = time.monotonic()
+        autolog.log_artifact(source)
+        assert time.monotonic() - started < 1  # the caller never waits for S3
+        autolog.log_metric("loss", 0.5)
+    with pytest.warns(autolog.AutologWarning) as seen:  # the uploader's and flush's
+        assert not autolog.flush(timeout=5)
+    said = [str(warning.message) for warning in seen]
+    assert any("artifact uploads wait" in line and moto_server.uri in line for line in said), said
+    assert any(re.search("1 artifact upload.*not sent yet.*autolog sync", line) for line in said), said
+
+    moto_server.start()  # moto starts empty: the bucket is made again
+    moto_server.create_bucket()
+    assert autolog.flush(timeout=120)
+    client = mlflow_server.client()
+    assert _entries(client.list_artifacts(run.id)) == [ArtifactEntry("data.bin", False, size)]
+    assert _sha256_in_s3(moto_server.client(), _key_of(client, run.id, "data.bin")) == sha256
+
+
+def test_a_process_whose_s3_upload_was_cut_leaves_it_to_autolog_sync(own_s3_and_server, spool_dir,
+                                                                     tmp_path):
+    """The endpoint is killed once the first parts of a 300 MiB file are in; the process
+    exits after its bounded wait, naming ``autolog sync``; with S3 back, sync sends it
+    whole."""
+    moto_server, mlflow_server = own_s3_and_server
+    source, sha256, size = _generate(tmp_path / "big.bin", 300)
+    script = f"""
+import autolog
+with autolog.start_run() as run:
+    print(run.id, flush=True)
+    autolog.log_artifact({str(source)!r})
+"""
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "AUTOLOG_STRICT": "0", "AUTOLOG_TRACKING_URI": mlflow_server.uri,
+             "AUTOLOG_EXIT_TIMEOUT": "3"})
+    deadline = time.monotonic() + 120
+    while "partNumber=" not in moto_server.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline and child.poll() is None, (
+            f"no part was uploaded: {child.communicate()}\n{moto_server.log_path.read_text()[-3000:]}")
+        time.sleep(0.02)
+    moto_server.kill()
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err
+    assert "not sent yet" in err and "autolog sync" in err
+    run_id = out.split()[0]
+
+    moto_server.start()
+    moto_server.create_bucket()
+    result = CliRunner().invoke(main, ["sync"])
+    assert result.exit_code == 0, result.output
+    assert "uploaded 1 artifact(s)" in result.output
+    client = mlflow_server.client()
+    assert _entries(client.list_artifacts(run_id)) == [ArtifactEntry("big.bin", False, size)]
+    assert _sha256_in_s3(moto_server.client(), _key_of(client, run_id, "big.bin")) == sha256

@@ -222,6 +222,10 @@ class Uploader:
     def _start(self) -> None:
         self._kick.set()
         if self._thread is None or not self._thread.is_alive():
+            # Loaded here, on the caller's thread: the exit wait runs in an atexit handler,
+            # after threading's own shutdown, when this import raises "can't register atexit
+            # after shutdown", and a destination's library (s3transfer) imports it.
+            import concurrent.futures.thread  # noqa: F401
             self._thread = threading.Thread(target=self._loop, name="autolog-uploader", daemon=True)
             self._thread.start()
 

@@ -110,11 +110,21 @@ class S3Destination:
         self.transfer_config = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=PART_SIZE,
             max_concurrency=MAX_CONCURRENCY)
+        self.exit_transfer_config = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=PART_SIZE, use_threads=False)
         owner = os.environ.get("MLFLOW_S3_EXPECTED_BUCKET_OWNER")
         self.owner_args = {"ExpectedBucketOwner": owner} if owner else {}
 
     def __repr__(self) -> str:
         return f"S3Destination({self.uri!r})"
+
+    def _transfer_config(self) -> Any:
+        """Parts go up 4 at a time on s3transfer's threads, except while the interpreter
+        exits: autolog's exit wait runs in an atexit handler, after threading has shut the
+        thread pools (concurrent.futures refuses new work then), so they go one after the
+        other on the uploader's own thread."""
+        exiting = getattr(threading, "_SHUTTING_DOWN", False)  # set by threading._shutdown()
+        return self.exit_transfer_config if exiting else self.transfer_config
 
     def _key(self, artifact_path: str) -> str:
         return f"{self.prefix}/{artifact_path}" if self.prefix else artifact_path
@@ -143,7 +153,7 @@ class S3Destination:
         try:
             s3_client().upload_file(str(source), self.bucket, self._key(artifact_path),
                                     ExtraArgs=extra_args, Callback=progress,
-                                    Config=self.transfer_config)
+                                    Config=self._transfer_config())
         except Exception as exc:
             raise self._translate(exc, "uploading", artifact_path) from None
         head = self._head(artifact_path)
@@ -195,7 +205,7 @@ class S3Destination:
         try:
             s3_client().download_file(self.bucket, self._key(artifact_path), str(target),
                                       ExtraArgs=self.owner_args or None, Callback=progress,
-                                      Config=self.transfer_config)
+                                      Config=self._transfer_config())
         except Exception as exc:
             raise self._translate(exc, "downloading", artifact_path) from None
 
