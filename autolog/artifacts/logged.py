@@ -41,8 +41,14 @@ def log_folder(target: RunTarget, local_dir: object, artifact_path: object = Non
         files += [(Path(folder) / name, join(prefix, "" if relative == "." else relative, name))
                   for name in sorted(names)]
     uploader = get_uploader()
-    staged = [(destination, uploader.staging.secure_file(source, uploader.owner()))
-              for source, destination in files]
+    staged: list = []
+    try:
+        for source, destination in files:
+            staged.append((destination, uploader.staging.secure_file(source, uploader.owner())))
+    except BaseException:  # a file that cannot be read, a full disk: none of the folder is logged
+        for _, done in staged:
+            uploader.staging.release(done.ref, done.sha256)
+        raise
     if staged:
         uploader.submit(target, staged)
     return [destination for _, destination in files]
