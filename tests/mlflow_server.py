@@ -140,6 +140,9 @@ class Scripted(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         self._answer()
 
+    def do_PUT(self):  # noqa: N802
+        self._answer()
+
     def _answer(self):
         length = int(self.headers.get("Content-Length") or 0)
         self.server.seen.append({"path": self.path, "headers": dict(self.headers),
