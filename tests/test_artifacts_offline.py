@@ -15,17 +15,8 @@ from click.testing import CliRunner
 
 import autolog
 from autolog.cli import main
-from autolog.stores.spool.sender import LOCAL_RUN_ID_TAG
 
 pytest_plugins = ("mlflow_server",)
-
-
-def run_by_local_id(server, local_id: str):
-    client = server.client()
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    found = client.search_runs(experiments, filter_string=f"tags.`{LOCAL_RUN_ID_TAG}` = '{local_id}'")
-    assert len(found) == 1, f"{len(found)} server runs for {local_id}"
-    return found[0]
 
 
 def downloaded(server, run_id: str, path: str, tmp_path: Path) -> bytes:
@@ -48,7 +39,7 @@ def test_artifacts_of_an_offline_run_arrive_once_the_server_answers(fault_server
         assert not autolog.flush(timeout=1)  # nothing can be sent yet
         fault_server.start()
         assert autolog.flush(timeout=60)
-    remote = run_by_local_id(fault_server, run.id)
+    remote = fault_server.run_by_local_id(run.id)
     assert remote.info.artifact_uri.startswith("mlflow-artifacts:")
     assert downloaded(fault_server, remote.info.run_id, "model/weights.bin", tmp_path) == data
     assert downloaded(fault_server, remote.info.run_id, "notes.txt", tmp_path) == b"offline notes"
@@ -77,6 +68,6 @@ def test_autolog_sync_sends_an_offline_runs_artifacts_after_the_process_exits(fa
     result = CliRunner().invoke(main, ["sync"], env={"AUTOLOG_TRACKING_URI": fault_server.uri})
     assert result.exit_code == 0, result.output
     assert "uploaded 1 artifact(s)" in result.output
-    remote = run_by_local_id(fault_server, local_id)
+    remote = fault_server.run_by_local_id(local_id)
     assert remote.info.status == "FINISHED"
     assert downloaded(fault_server, remote.info.run_id, "report.bin", tmp_path) == data
