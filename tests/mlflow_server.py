@@ -128,6 +128,17 @@ class MlflowServer:
 
         return mlflow.MlflowClient(tracking_uri=self.uri)
 
+    def run_by_local_id(self, local_id: str):
+        """The server's run that a run started offline (``offline-…``) became."""
+        from autolog.stores.spool.sender import LOCAL_RUN_ID_TAG
+
+        client = self.client()
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        found = client.search_runs(experiments,
+                                   filter_string=f"tags.`{LOCAL_RUN_ID_TAG}` = '{local_id}'")
+        assert len(found) == 1, f"{len(found)} server runs for {local_id}"
+        return found[0]
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -144,6 +155,9 @@ class Scripted(BaseHTTPRequestHandler):
         self._answer()
 
     def do_POST(self):  # noqa: N802
+        self._answer()
+
+    def do_PUT(self):  # noqa: N802
         self._answer()
 
     def _answer(self):
