@@ -118,14 +118,6 @@ class S3Destination:
     def __repr__(self) -> str:
         return f"S3Destination({self.uri!r})"
 
-    def _transfer_config(self) -> Any:
-        """Parts go up 4 at a time on s3transfer's threads, except while the interpreter
-        exits: autolog's exit wait runs in an atexit handler, after threading has shut the
-        thread pools (concurrent.futures refuses new work then), so they go one after the
-        other on the uploader's own thread."""
-        exiting = getattr(threading, "_SHUTTING_DOWN", False)  # set by threading._shutdown()
-        return self.exit_transfer_config if exiting else self.transfer_config
-
     def _key(self, artifact_path: str) -> str:
         return f"{self.prefix}/{artifact_path}" if self.prefix else artifact_path
 
@@ -150,10 +142,21 @@ class S3Destination:
         extra_args["Metadata"] = {**extra_args.get("Metadata", {}), "sha256": sha256}
         # s3transfer calls progress from its worker threads, and with a negative count when
         # it rewinds a part to send it again
-        try:
+        def send(config: Any) -> None:
             s3_client().upload_file(str(source), self.bucket, self._key(artifact_path),
-                                    ExtraArgs=extra_args, Callback=progress,
-                                    Config=self._transfer_config())
+                                    ExtraArgs=extra_args, Callback=progress, Config=config)
+
+        try:
+            try:
+                send(self.transfer_config)
+            except RuntimeError as exc:
+                # autolog's exit wait runs in an atexit handler, after threading has shut
+                # down: concurrent.futures refuses s3transfer's thread pool then ("cannot
+                # schedule new futures after interpreter shutdown"), so the parts go up one
+                # after the other on the uploader's own thread.
+                if "shutdown" not in str(exc):
+                    raise
+                send(self.exit_transfer_config)
         except Exception as exc:
             raise self._translate(exc, "uploading", artifact_path) from None
         head = self._head(artifact_path)
