@@ -13,15 +13,23 @@ the ``autolog.integrations`` entry-point group.
 from autolog.api import (
     active_run,
     autolog,
+    download_artifacts,
     end_run,
     flush,
     get_metric_history,
     get_run,
     get_tracking_uri,
+    list_artifacts,
+    log_artifact,
+    log_artifact_reference,
+    log_artifacts,
+    log_dict,
+    log_figure,
     log_metric,
     log_metrics,
     log_param,
     log_params,
+    log_text,
     search_runs,
     set_experiment,
     set_tag,
@@ -29,12 +37,15 @@ from autolog.api import (
     set_tracking_uri,
     start_run,
 )
+from autolog.artifacts.destinations.base import ArtifactEntry, ArtifactError
 from autolog.config import AutologWarning
 from autolog.ledger import ParamConflictError
 from autolog.run import Run
 from autolog.stores.base import Experiment, Metric, RunInfo, RunNotFoundError, RunRecord, StoreError
 
 __all__ = [
+    "ArtifactEntry",
+    "ArtifactError",
     "AutologWarning",
     "Experiment",
     "Metric",
@@ -46,15 +57,23 @@ __all__ = [
     "StoreError",
     "active_run",
     "autolog",
+    "download_artifacts",
     "end_run",
     "flush",
     "get_metric_history",
     "get_run",
     "get_tracking_uri",
+    "list_artifacts",
+    "log_artifact",
+    "log_artifact_reference",
+    "log_artifacts",
+    "log_dict",
+    "log_figure",
     "log_metric",
     "log_metrics",
     "log_param",
     "log_params",
+    "log_text",
     "search_runs",
     "set_experiment",
     "set_tag",

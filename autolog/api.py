@@ -13,7 +13,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from autolog import run as _run
+from autolog.artifacts import content as _content
+from autolog.artifacts import logged as _logged
+from autolog.artifacts import reading as _reading
+from autolog.artifacts.destinations.base import ArtifactEntry
+from autolog.artifacts.paths import check_file_name
+from autolog.artifacts.uploader import existing_uploader
 from autolog.config import check_on_conflict, settings
+from autolog.config import warn as warn_user
 from autolog.lifecycle import active_or_new, current_store
 from autolog.lifecycle import end_run as end_run  # the API's own, re-exported (X as X)
 from autolog.lifecycle import start_run as start_run
@@ -145,10 +152,19 @@ def flush(timeout: float | None = 60.0) -> bool:
         if not timeout >= 0:  # NaN too
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
     started = time.monotonic()
+
+    def left() -> float | None:
+        return None if timeout is None else max(timeout - (time.monotonic() - started), 0.0)
+
     if not get_writer().flush():
         return False
-    return wait_acknowledged(None if timeout is None
-                             else max(timeout - (time.monotonic() - started), 0.0))
+    if not wait_acknowledged(left()):
+        return False
+    uploader = existing_uploader()
+    if uploader is None or uploader.wait(left()):
+        return True
+    warn_user(f"autolog.flush: {uploader.describe_left()}")
+    return False
 
 
 def _store_for(run_id: str) -> Store:
@@ -238,3 +254,109 @@ def _runs_frame(pandas, records: list[RunRecord]):
         for key in sorted({key for values in per_run for key in values}):
             columns[f"{field}.{key}"] = [values.get(key, missing) for values in per_run]
     return pandas.DataFrame(columns)
+
+
+# -- artifacts --------------------------------------------------------------------------------
+
+
+def _target(run: Run) -> _logged.RunTarget:
+    """Where ``run``'s artifacts go. A run started offline has no artifact URI until its
+    server creates it: the uploader asks again until then."""
+    known = run.info.artifact_uri
+    found: list[str] = []
+
+    def artifact_uri() -> str | None:
+        if known:
+            return known
+        if not found:
+            server_id = run.store.server_run_id(run.id)
+            if server_id is None:
+                return None
+            found.append(run.store.get_run(server_id).info.artifact_uri)
+        return found[0]
+
+    return _logged.RunTarget(run.store.uri, run.id, artifact_uri)
+
+
+def log_artifact(local_path: Any, artifact_path: str | None = None) -> None:
+    """Log a file into the active run's artifacts (under ``artifact_path`` when given).
+
+    Returns once the bytes are secured on local disk (copied into the staging area with
+    their sha256); the upload to the run's artifact location (its ``mlruns`` folder, the
+    tracking server's artifact proxy, S3…) runs in the background, is verified, survives
+    an outage, and what is left at exit is sent by ``autolog sync``. A missing file, a
+    folder, or a path with ``..`` raises here and nothing is logged.
+    """
+    _logged.log_file(_target(active_or_new()), local_path, artifact_path)
+
+
+def log_artifacts(local_dir: Any, artifact_path: str | None = None) -> None:
+    """Log every file under ``local_dir`` into the active run's artifacts, keeping the
+    folder's layout (under ``artifact_path`` when given); as :func:`log_artifact`."""
+    _logged.log_folder(_target(active_or_new()), local_dir, artifact_path)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    """Log ``text`` as the artifact file ``artifact_file`` (UTF-8)."""
+    data = _content.text_bytes(text)
+    _logged.log_bytes(_target(active_or_new()), data, artifact_file)
+
+
+def log_dict(dictionary: Any, artifact_file: str) -> None:
+    """Log ``dictionary`` as ``artifact_file``: YAML for ``.yaml``/``.yml``, else JSON. A
+    value that cannot be written raises :class:`TypeError` here."""
+    check_file_name(artifact_file)
+    data = _content.dict_bytes(dictionary, artifact_file)
+    _logged.log_bytes(_target(active_or_new()), data, artifact_file)
+
+
+def log_figure(figure: Any, artifact_file: str, *, save_kwargs: dict | None = None) -> None:
+    """Log a matplotlib figure (any format ``savefig`` knows, by the extension) or a plotly
+    figure (``.html``, ``.json``) as ``artifact_file``, saved as it is now."""
+    check_file_name(artifact_file)
+    data = _content.figure_bytes(figure, artifact_file, save_kwargs)
+    _logged.log_bytes(_target(active_or_new()), data, artifact_file)
+
+
+def log_artifact_reference(uri: str, name: str, sha256: str | None = None,
+                           size: int | None = None) -> None:
+    """Record a file or folder too big to upload (a model, a dataset) by reference: the
+    artifact ``references/<name>.json`` holds its URI, and its sha256 and size when given,
+    and the tag ``autolog.reference.<name>`` its URI, so MLflow's UI shows both."""
+    if not isinstance(uri, str) or "://" not in uri and not uri.startswith("/"):
+        raise ValueError(f"uri must be a URI (s3://…, gs://…, https://…) or an absolute path, got {uri!r}")
+    check_file_name(name, "name")
+    if sha256 is not None and (not isinstance(sha256, str) or len(sha256) != 64
+                               or any(c not in "0123456789abcdefABCDEF" for c in sha256)):
+        raise ValueError(f"sha256 must be 64 hexadecimal digits, got {sha256!r}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise ValueError(f"size must be a number of bytes (an int >= 0), got {size!r}")
+    run = active_or_new()
+    data = _content.reference_bytes(uri, name, sha256.lower() if sha256 else None, size)
+    run.set_tags({f"autolog.reference.{name}": uri})
+    _logged.log_bytes(_target(run), data, f"references/{name}.json")
+
+
+def _artifacts_of(run_id: str):
+    """The artifact destination of ``run_id``; a run open in this process first gets its
+    queued uploads done (as long as they progress)."""
+    if not isinstance(run_id, str):
+        raise TypeError(f"run_id must be a str, got {type(run_id).__name__}")
+    store = _store_for(run_id)
+    uploader = existing_uploader()
+    if uploader is not None:
+        uploader.wait(None, uploader.exit_timeout, run_id=run_id)
+    server_id = store.server_run_id(run_id) or run_id
+    return _reading.destination(store.get_run(server_id).info.artifact_uri, store.uri)
+
+
+def list_artifacts(run_id: str, path: str | None = None) -> list[ArtifactEntry]:
+    """The artifacts directly under ``path`` (the run's root when None), as MLflow's
+    ``MlflowClient.list_artifacts`` lists them: path, whether a folder, size."""
+    return _reading.list_entries(_artifacts_of(run_id), path)
+
+
+def download_artifacts(run_id: str, path: str = "", dst: Any = None) -> str:
+    """Download the artifact file or folder ``path`` of a run (all of them when empty)
+    into the folder ``dst`` (a new temporary folder when None); returns the local path."""
+    return str(_reading.download(_artifacts_of(run_id), path, dst))

@@ -285,6 +285,60 @@ def runs_history(run_id: str, key: str, png: Path | None, height: int, tracking_
 
 
 @main.group()
+def artifacts() -> None:
+    """List and download a run's artifacts, wherever they are stored."""
+
+
+def _artifacts_of(run_id: str, tracking_uri: str | None):
+    from autolog.artifacts.reading import destination
+
+    store = _open(tracking_uri)
+    return destination(store.get_run(run_id).info.artifact_uri, store.uri)
+
+
+@artifacts.command("list")
+@click.argument("run_id")
+@click.argument("path", required=False, default="")
+@_TRACKING_URI
+@_JSON
+def artifacts_list(run_id: str, path: str, tracking_uri: str | None, as_json: bool) -> None:
+    """The artifacts of RUN_ID directly under PATH (default: the run's root)."""
+    from autolog.artifacts.reading import list_entries
+
+    entries = list_entries(_artifacts_of(run_id, tracking_uri), path)
+    if as_json:
+        click.echo(json.dumps([{"path": e.path, "is_dir": e.is_dir, "file_size": e.file_size}
+                               for e in entries], indent=2))
+        return
+    if not entries:
+        click.echo(f"no artifacts under {path!r}" if path else "no artifacts")
+        return
+    click.echo(_table(["path", "size"], [[e.path + ("/" if e.is_dir else ""),
+                                          "" if e.is_dir else f"{e.file_size:,}"] for e in entries]))
+
+
+@artifacts.command("download")
+@click.argument("run_id")
+@click.argument("path", required=False, default="")
+@click.option("--output", "-o", "output", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("."), show_default=True, help="Folder to download into.")
+@_TRACKING_URI
+def artifacts_download(run_id: str, path: str, output: Path, tracking_uri: str | None) -> None:
+    """Download the artifact file or folder PATH of RUN_ID (all of them when omitted) into
+    OUTPUT, keeping its path. A progress bar shows on a terminal."""
+    from tqdm import tqdm
+
+    from autolog.artifacts.reading import download
+
+    def bar(total: int | None, name: str):
+        return tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False,
+                    disable=None).update
+
+    local = download(_artifacts_of(run_id, tracking_uri), path, output, bar)
+    click.echo(str(local))
+
+
+@main.group()
 def experiments() -> None:
     """List experiments."""
 
@@ -375,7 +429,11 @@ def sync_command(spools: tuple[Path, ...], source: str | None, dest: str | None,
     again copies only what is new. This is also how runs leave the stores autolog no
     longer writes to: an autolog 0.1 file (autolog sync --from sqlite:///autolog.db --to
     sqlite:///mlflow.db) or an MLflow file store (autolog sync --from ./mlruns --to
-    sqlite:///mlflow.db). Artifacts are not copied.
+    sqlite:///mlflow.db). Artifacts are copied too; a file the copy holds already is
+    not sent again.
+
+    Without --from, artifact uploads that processes left (a server or S3 endpoint down at
+    exit, a process killed) are sent too, from the staging area.
 
     Credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN.
     Exits 1 when anything was left unsent; --dry-run exits 0.
@@ -405,13 +463,16 @@ def sync_command(spools: tuple[Path, ...], source: str | None, dest: str | None,
         return
     outcomes = sync.send_spools(directory, files=spools, to=dest,
                                 configured=settings.resolved_tracking_uri())
-    if not outcomes:
-        click.echo(f"nothing to send: no spool in {directory}")
+    uploads = [] if spools else sync.send_uploads(spool_dir)  # after the spools: runs exist
+    if not outcomes and not uploads:
+        click.echo(f"nothing to send: no spool and no artifact upload in {directory}")
     for outcome in outcomes:
         for note in outcome.notes:
             click.echo(f"autolog: {note}", err=True)
         click.echo(_spool_line(outcome))
-    if not all(outcome.complete for outcome in outcomes):
+    for upload in uploads:
+        click.echo(upload.line())
+    if not all(outcome.complete for outcome in [*outcomes, *uploads]):
         sys.exit(1)
 
 

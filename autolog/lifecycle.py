@@ -9,8 +9,9 @@ The process hooks, installed in this order:
 1. fork (when this module is imported, so by ``import autolog``): one handler, so that a
    forked child (a DataLoader worker) resets in this order: the run context's lock,
    patching's owner table (only the forking thread's entry stays), the writer (fresh
-   locks and thread, empty queues: the parent writes what was pending), then the open
-   stores (a child gets its own spool).
+   locks and thread, empty queues: the parent writes what was pending), the open
+   stores (a child gets its own spool), then the artifact uploader (a child gets its own
+   journal; the parent's uploads stay the parent's).
 2. atexit (also at import): :func:`shutdown`.
 3. ``sys.excepthook``, chained (when the first run starts): notes an uncaught exception,
    so that :func:`shutdown` ends the runs still open FAILED, or KILLED after Ctrl-C.
@@ -38,6 +39,7 @@ from typing import Any
 
 from autolog import patching, stores
 from autolog import run as _run
+from autolog.artifacts import uploader as _uploads
 from autolog.config import settings
 from autolog.run import Run, ended_status
 from autolog.source import PARENT_RUN_ID, RUN_NAME, system_tags
@@ -217,6 +219,9 @@ def _after_fork_in_child() -> None:
     patching.after_fork_in_child()
     get_writer().after_fork_in_child()
     stores.after_fork_in_child()
+    uploader = _uploads.existing_uploader()
+    if uploader is not None:
+        uploader.after_fork_in_child()
 
 
 _shut_down = False
@@ -225,10 +230,11 @@ _shut_down = False
 def shutdown(status: str | None = None) -> None:
     """End the runs still open (``status``, by default FINISHED, KILLED after an uncaught
     Ctrl-C, FAILED after another uncaught exception), give the writer its bounded time
-    (``AUTOLOG_EXIT_TIMEOUT``), spool what the stores did not take and say where, then
-    close the stores (a server's spool drains within the same limit). Runs at interpreter
-    exit, or first at SIGTERM (then at exit it does nothing). A forked child never ends
-    the runs it inherited."""
+    (``AUTOLOG_EXIT_TIMEOUT``), spool what the stores did not take and say where, wait
+    for the artifact uploads as long as they progress (:mod:`autolog.artifacts.uploader`)
+    and say what is left, then close the stores (a server's spool drains within the same
+    limit). Runs at interpreter exit, or first at SIGTERM (then at exit it does nothing).
+    A forked child never ends the runs it inherited."""
     global _shut_down
     if _shut_down:
         return
@@ -244,6 +250,10 @@ def shutdown(status: str | None = None) -> None:
     writer.fallback.close()
     for line in lines:
         print(f"autolog: {line}", file=sys.stderr, flush=True)
+    uploader = _uploads.existing_uploader()  # before the stores close: a run started
+    uploads_left = uploader.close() if uploader is not None else None  # offline needs its server
+    if uploads_left:
+        print(f"autolog: {uploads_left}", file=sys.stderr, flush=True)
     stores.close_all()
 
 

@@ -4,8 +4,9 @@ Copies read from any store autolog writes to, and from the two it no longer writ
 file in autolog v0.1's own format (:mod:`autolog.stores.v01`) and MLflow's ``file:``
 stores (:mod:`autolog.stores.mlflow_file`). Every experiment (by name) and run is copied:
 name, status, start and end time, params, tags (MLflow's system tags too), every metric
-point, and the parent link, pointed at the parent's copy. Artifacts are not copied: the
-copy says so when the source has some.
+point, the parent link, pointed at the parent's copy, and the artifacts, through the
+staging area (:mod:`autolog.artifacts.copying`): a file the copy already holds (same size,
+and same checksum where the destination keeps one) is not sent again.
 
 Copying is idempotent and incremental. A copied run carries the tag
 ``autolog.source_run_id``; a later copy finds it by that tag and sends only what the
@@ -29,6 +30,7 @@ points logged into a copy by hand could mask as many missing ones.)
 from __future__ import annotations
 
 import math
+import os
 import shlex
 import struct
 import sys
@@ -39,6 +41,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from autolog.artifacts.copying import copy_artifacts
+from autolog.artifacts.resume import JournalOutcome, send_journals
+from autolog.artifacts.staging import Staging, default_staging_dir
+from autolog.artifacts.uploader import human_size
 from autolog.stores import open_store
 from autolog.stores.base import RUNNING, Experiment, MetricRow, RunRecord, Store, StoreError
 from autolog.stores.mlflow_file import MlflowFileStore, is_file_store_uri
@@ -85,6 +91,20 @@ def send_spools(directory: Path | None = None, progress: bool | None = None, *,
     return outcomes
 
 
+def send_uploads(spool_dir: Path | None = None, progress: bool | None = None) -> list[JournalOutcome]:
+    """Send the artifact uploads that processes left (see :mod:`autolog.artifacts.resume`),
+    from ``$AUTOLOG_STAGING_DIR``, else the ``artifacts`` folder of ``spool_dir``.
+    ``progress=None`` shows a bar, counted in bytes, only on a terminal."""
+    staging = Staging(default_staging_dir() if spool_dir is None or "AUTOLOG_STAGING_DIR" in os.environ
+                      else spool_dir / "artifacts")
+
+    def bar(total: int, name: str) -> Callable[[int], object]:
+        return tqdm(total=total, unit="B", unit_scale=True, desc=f"uploading {name}", leave=False,
+                    disable=None if progress is None else not progress).update
+
+    return send_journals(staging, bar)
+
+
 def plan_spools(directory: Path | None = None, *, files: Sequence[Path] = (),
                 to: str | None = None, configured: str | None = None) -> list[SpoolPlan]:
     """What :func:`send_spools` would do with the same arguments, doing none of it."""
@@ -109,6 +129,9 @@ class CopyReport:
     params: int = 0
     tags: int = 0
     conflicts: list[str] = field(default_factory=list)
+    artifacts: int = 0  # files uploaded
+    artifacts_present: int = 0  # files the copy already held
+    artifact_bytes: int = 0
     notes: list[str] = field(default_factory=list)  # what a copy leaves out, and why
     dry_run: bool = False
     plans: list[str] = field(default_factory=list)  # per experiment, in a dry run
@@ -125,7 +148,9 @@ class CopyReport:
         else:
             lines = [f"runs: {self.runs_created} created, {self.runs_updated} updated, "
                      f"{self.runs_unchanged} already up to date; copied {self.points:,} metric "
-                     f"points, {self.params} params, {self.tags} tags in {self.seconds:.1f} s"]
+                     f"points, {self.params} params, {self.tags} tags in {self.seconds:.1f} s",
+                     f"artifacts: {self.artifacts} files copied ({human_size(self.artifact_bytes)}), "
+                     f"{self.artifacts_present} already there"]
         lines.extend(f"not copied: {conflict}" for conflict in self.conflicts)
         lines.extend(self.notes)
         return "\n".join(lines)
@@ -231,15 +256,10 @@ def _tally(report: CopyReport) -> tuple[int, int, int, int]:
 
 
 def _left_out(source: Store, records: Sequence[RunRecord], whole: bool) -> list[str]:
-    """Lines that say what of ``source`` a copy of ``records`` leaves out: the artifacts
-    of a file store's runs, the experiments and runs in its trash (its experiments there
-    only when ``whole``, a copy of every experiment)."""
+    """Lines that say what of ``source`` a copy of ``records`` leaves out: the
+    experiments and runs in its trash (its experiments there only when ``whole``, a copy of
+    every experiment)."""
     notes = []
-    if hasattr(source, "runs_with_artifacts"):
-        having = source.runs_with_artifacts(records)
-        if having:
-            notes.append(f"artifacts are not copied: {len(having)} of the {len(records)} runs have "
-                         f"some in {source.uri} (sync copies params, tags, metrics and status)")
     if hasattr(source, "deleted_runs"):
         experiments = len(source.deleted_experiments()) if whole else 0
         runs = source.deleted_runs({record.info.experiment_id for record in records})
@@ -313,6 +333,7 @@ def _copy_run(source: Store, dest: Store | None, experiment: Experiment | None,
         points = _send(dest, run_id, missing)
         if status_changed:
             dest.update_run(run_id, info.status, info.end_time)
+        _copy_artifacts(source, dest, record, copy, report)
 
     report.params += len(new_params)
     report.tags += len(tags) if created else len(new_tags)
@@ -323,6 +344,18 @@ def _copy_run(source: Store, dest: Store | None, experiment: Experiment | None,
         report.runs_updated += 1
     else:
         report.runs_unchanged += 1
+
+
+def _copy_artifacts(source: Store, dest: Store, record: RunRecord, copy: RunRecord,
+                    report: CopyReport) -> None:
+    where = (source.artifact_location(record) if isinstance(source, MlflowFileStore)
+             else record.info.artifact_uri)
+    if not where or not copy.info.artifact_uri:
+        return
+    copied = copy_artifacts(where, source.uri, copy.info.artifact_uri, dest.uri, Staging())
+    report.artifacts += copied.files
+    report.artifacts_present += copied.present
+    report.artifact_bytes += copied.size
 
 
 def _send(dest: Store, run_id: str, points: Iterator[MetricRow]) -> int:

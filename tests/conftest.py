@@ -11,6 +11,7 @@ pytest.register_assert_rewrite("mlflow_server", "databases", "browser")  # helpe
 
 import autolog  # noqa: E402
 from autolog import run as run_module  # noqa: E402
+from autolog.artifacts import uploader as uploader_module  # noqa: E402
 from autolog.config import settings  # noqa: E402
 from autolog.stores import close_all  # noqa: E402
 from autolog.writer import get_writer  # noqa: E402
@@ -33,6 +34,10 @@ def isolated_autolog(tmp_path, monkeypatch):
         run.end()
     autolog.autolog(disable=True)
     assert get_writer().flush(), "a write failed during the test"
+    uploader = uploader_module.existing_uploader()
+    if uploader is not None:  # each test stages into its own spool folder
+        uploader.close()
+        uploader_module.reset_uploader()
     close_all()
 
 

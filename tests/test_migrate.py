@@ -396,7 +396,7 @@ def test_an_mlflow_file_store_is_copied_whole(tmp_path, destination, monkeypatch
     assert first.exit_code == 0, first.output
     assert "runs: 3 created, 0 updated, 0 already up to date; copied 305 metric points, 3 params" \
         in first.output
-    assert f"artifacts are not copied: 1 of the 3 runs have some in {root.as_uri()}" in first.output
+    assert "artifacts: 1 files copied (7 B), 0 already there" in first.output
     assert "0 deleted experiment(s), 1 deleted run(s)" in first.output  # -e: only their trash
     client = destination.client()
     copies = {name: copies_in(client, name) for name in names.values()}
@@ -406,18 +406,20 @@ def test_an_mlflow_file_store_is_copied_whole(tmp_path, destination, monkeypatch
         assert set(copies[name]) == set(runs)
         for run_id, run in runs.items():
             assert_copy(client, copies[name][run_id], run, copy_ids)
+    (parent_id,) = [run_id for run_id, run in expected[names["main"]].items() if run["name"] == "parent"]
+    downloaded = client.download_artifacts(copy_ids[parent_id], "model.txt", str(tmp_path))
+    assert Path(downloaded).read_text() == "weights"  # MLflow's client reads the copied file
     assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ  # the reader set it only to open
 
     # by file: URI, with one point more: only that point is copied
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     import mlflow
-    (parent_id,) = [run_id for run_id, run in expected[names["main"]].items()
-                    if run["name"] == "parent"]
     mlflow.MlflowClient(tracking_uri=root.as_uri()).log_metric(parent_id, "loss", 0.001, 9_000, 300)
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
     again = sync("--from", root.as_uri(), "--to", destination.uri, "-e", names["main"])
     assert again.exit_code == 0, again.output
     assert "0 created, 1 updated, 1 already up to date; copied 1 metric points" in again.output
+    assert "artifacts: 0 files copied (0 B), 1 already there" in again.output
     assert len(client.get_metric_history(copy_ids[parent_id], "loss")) == 301
 
 
@@ -452,7 +454,6 @@ def test_a_dry_run_after_a_copy_finds_it_done(tmp_path, destination, monkeypatch
     assert result.exit_code == 0, result.output
     assert (f"experiment {names['main']!r}: 0 runs to create, 0 to update, 2 up to date; "
             "0 metric points to copy") in result.output
-    assert "artifacts are not copied" in result.output
 
 
 def test_what_is_not_a_store_is_one_line(v01_file, tmp_path):

@@ -6,8 +6,8 @@ maintenance mode and opens only when ``MLFLOW_ALLOW_FILE_STORE`` is true: this m
 sets that flag while it opens the store, and imports MLflow only then. Active
 experiments and runs are read (not MLflow's trash: deleted ones are counted, so a copy
 can say it left them), with their params, tags, status, times, names and full metric
-histories. Artifacts are not read; :meth:`MlflowFileStore.runs_with_artifacts` says
-which runs have some.
+histories. :meth:`MlflowFileStore.artifact_location` says where a run's artifacts are,
+for ``autolog sync`` to copy them.
 
 ``FileStore`` reads a key's history, one text file, whole; so does this reader, one key
 at a time. The store is never written to, except that ``FileStore`` creates the empty
@@ -136,25 +136,15 @@ class MlflowFileStore:
         ids = list(experiment_ids)
         return len(self._runs(ids, ViewType.DELETED_ONLY, 2**31 - 1)) if ids else 0
 
-    def runs_with_artifacts(self, records: Iterable[RunRecord]) -> list[str]:
-        """The ids of the runs among ``records`` that have artifacts: a file in the run's
-        ``artifacts`` folder in this store, or in the location its metadata records (a
-        store that was moved keeps the old one), or a location on another machine, which
-        may hold some."""
-        from mlflow.utils.file_utils import local_file_uri_to_path
-
-        having = []
-        for record in records:
-            location = self._artifact_uris.get(record.run_id, "")
-            if "://" in location and not location.startswith("file:"):
-                having.append(record.run_id)
-                continue
-            folders = [self.root / record.info.experiment_id / record.run_id / "artifacts"]
-            if location:
-                folders.append(Path(local_file_uri_to_path(location)))
-            if any(files for folder in folders if folder.is_dir() for _, _, files in os.walk(folder)):
-                having.append(record.run_id)
-        return having
+    def artifact_location(self, record: RunRecord) -> str:
+        """Where the artifacts of ``record`` are: the run's ``artifacts`` folder in this
+        store when it holds files (a store that was moved keeps its old location in the
+        metadata), else the location its metadata records (which may be on another machine
+        or in object storage)."""
+        folder = self.root / record.info.experiment_id / record.run_id / "artifacts"
+        if folder.is_dir() and any(files for _, _, files in os.walk(folder)):
+            return str(folder)
+        return self._artifact_uris.get(record.run_id, "") or str(folder)
 
     # -- metric histories ----------------------------------------------------------------
 

@@ -163,7 +163,7 @@ class RunPlan:
     status: str | None  # the status it would be ended with, if the spool holds one
 
 
-def _lock_file(path: Path) -> int | None:
+def lock_file(path: Path) -> int | None:
     """An fd holding an exclusive ``flock`` on ``path`` (created if missing), or None when
     another process holds it. The kernel releases it when the holder dies, even by SIGKILL."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -193,7 +193,7 @@ class SpoolFile:
     def create(cls, directory: Path, uri: str) -> SpoolFile:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         stem = f"{os.getpid()}-{secrets.token_hex(4)}"
-        lock_fd = _lock_file(directory / f"{stem}.lock")
+        lock_fd = lock_file(directory / f"{stem}.lock")
         if lock_fd is None:  # a fresh random name: cannot be held
             raise StoreError(f"could not lock a new spool file in {directory}")
         path = directory / f"{stem}{SUFFIX}"
@@ -223,7 +223,7 @@ class SpoolFile:
     def claim(cls, path: Path) -> SpoolFile | None:
         """Open another process's spool if no live process holds it, else None."""
         lock_path = path.with_suffix(".lock")
-        lock_fd = _lock_file(lock_path)
+        lock_fd = lock_file(lock_path)
         if lock_fd is None:
             return None
         if not path.exists():  # its owner removed it a moment ago

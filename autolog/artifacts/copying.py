@@ -1,0 +1,54 @@
+"""Copying a run's artifacts from one location to another (``autolog sync --from --to``):
+each file is staged (downloaded into the staging area when it is not local, hashed),
+skipped when the destination already holds it, else uploaded and verified. Memory stays
+flat: files are streamed, one at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from autolog.artifacts.destinations import destination_for
+from autolog.artifacts.destinations.local import LocalDestination
+from autolog.artifacts.reading import files_under
+from autolog.artifacts.staging import Staging
+from autolog.artifacts.uploader import with_credentials
+
+Progress = Callable[[int], object]
+
+
+@dataclass
+class CopiedArtifacts:
+    files: int = 0  # uploaded
+    present: int = 0  # already in the destination
+    size: int = 0  # bytes uploaded
+
+
+def copy_artifacts(source_uri: str, source_tracking: str, dest_uri: str, dest_tracking: str,
+                   staging: Staging, progress: Progress | None = None) -> CopiedArtifacts:
+    """Copy every artifact file under ``source_uri`` to the same path under ``dest_uri``
+    (artifact URIs; the tracking URIs are the stores the runs live in)."""
+    source = destination_for(source_uri, with_credentials(source_tracking))
+    dest = destination_for(dest_uri, with_credentials(dest_tracking))
+    owner = f"copy-{staging.partial_path().name}"
+    copied = CopiedArtifacts()
+    try:
+        for path, _size in files_under(source, ""):
+            if isinstance(source, LocalDestination):
+                staged = staging.secure_file(source.root / path, owner)
+            else:
+                partial = staging.partial_path()
+                source.download(path, partial)
+                staged = staging.adopt_file(partial, owner)
+            try:
+                if dest.stored(path, staged.sha256, staged.size):
+                    copied.present += 1
+                    continue
+                dest.upload(staged.ref, path, staged.sha256, staged.size, progress)
+                copied.files += 1
+                copied.size += staged.size
+            finally:
+                staging.release(staged.ref, staged.sha256)
+    finally:
+        staging.drop_owner(owner)
+    return copied

@@ -1,0 +1,379 @@
+"""The uploader: one background thread per process that sends the journal's uploads.
+
+For each upload, oldest first: find the run's artifact URI (known when the run was
+created, except for a run started while its server was down: then once the server has
+the run), ask the destination whether it already holds these bytes (then nothing is
+sent), else stream the staged file up and verify it; then the journal row goes, and the
+staged ref with it.
+
+- A destination that is down (:class:`DestinationUnavailableError`, a failed
+  verification too) is tried again after 1 s, 2 s, 4 s … up to 30 s; ``flush()`` and the
+  exit wait kick it at once.
+- A destination that refuses for good (:class:`ArtifactRefusedError`: no permission, no
+  bucket) gets one warning; the upload stays in the journal for ``autolog sync`` once the
+  cause is fixed, and ``flush()`` returns False.
+- At exit (:meth:`Uploader.close`) the process waits as long as uploads make progress,
+  at most ``AUTOLOG_ARTIFACT_EXIT_TIMEOUT`` seconds in all (default 600) and
+  ``AUTOLOG_EXIT_TIMEOUT`` (default 10) without progress; then one line says what is
+  left and the ``autolog sync`` command that sends it. A tqdm bar shows the bytes on a
+  terminal while it waits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from autolog.artifacts.destinations import destination_for
+from autolog.artifacts.destinations.base import (
+    ArtifactRefusedError,
+    Destination,
+    DestinationUnavailableError,
+)
+from autolog.artifacts.journal import Journal, Upload
+from autolog.artifacts.staging import Staged, Staging
+from autolog.config import AutologWarning, env_float, settings
+from autolog.stores.base import StoreError
+from autolog.uris import redact_uri, split_credentials
+
+BACKOFF_MAX_S = 30.0
+RESOLVE_PAUSE_S = 1.0  # how often to ask again for the artifact URI of a run still offline
+
+# The artifact URI of an upload's run, or None while the run has none yet (offline).
+Resolver = Callable[[Upload], "str | None"]
+
+
+def warn_from_thread(message: str) -> None:
+    """A warning from a background thread; where warnings are errors (a strict test run)
+    the error must not stop the thread, so it ends here."""
+    try:
+        warnings.warn(f"autolog: {message}", AutologWarning, stacklevel=2)
+    except Warning:
+        pass
+
+
+def with_credentials(uri: str) -> str:
+    """``uri`` with the credentials of the configured tracking URI when that names the same
+    server (a journal records URIs without them)."""
+    configured = settings.resolved_tracking_uri()
+    if configured != uri and split_credentials(configured)[0] == uri:
+        return configured
+    return uri
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class Outcome:
+    """What one pass over uploads left: counts and bytes still owed, and why."""
+
+    sent: int = 0
+    left: int = 0
+    left_bytes: int = 0
+    refused: int = 0
+    reason: str | None = None
+
+
+class UploadRunner:
+    """Sends the uploads of one journal; used by the thread and by ``autolog sync``."""
+
+    def __init__(self, journal: Journal, staging: Staging, resolver: Resolver):
+        self.journal = journal
+        self.staging = staging
+        self.resolver = resolver
+        self._destinations: dict[str, Destination] = {}
+        self.refused: dict[int, str] = {}  # upload id -> why (not tried again by this process)
+        self.progress: Callable[[int], None] | None = None
+
+    def destination(self, upload: Upload, artifact_uri: str) -> Destination:
+        destination = self._destinations.get(artifact_uri)
+        if destination is None:
+            destination = destination_for(artifact_uri, with_credentials(upload.tracking_uri))
+            self._destinations[artifact_uri] = destination
+        return destination
+
+    def send(self, upload: Upload) -> bool:
+        """Try one upload. True when it is done (sent and verified, or already there);
+        False while its run has no artifact URI yet. Raises what the destination raised."""
+        artifact_uri = upload.artifact_uri or self.resolver(upload)
+        if not artifact_uri:
+            return False
+        if not upload.artifact_uri:
+            self.journal.set_artifact_uri(upload.id, artifact_uri)
+        destination = self.destination(upload, artifact_uri)
+        if not destination.stored(upload.artifact_path, upload.sha256, upload.size):
+            if not upload.ref.exists():
+                raise ArtifactRefusedError(
+                    f"the staged copy of {upload.artifact_path!r} ({upload.ref}) is gone; it "
+                    "cannot be uploaded")
+            destination.upload(upload.ref, upload.artifact_path, upload.sha256, upload.size,
+                               self.progress)
+        self.journal.done(upload.id)
+        self.staging.release(upload.ref, upload.sha256)
+        return True
+
+    def run_pass(self, stop: Callable[[], bool] = lambda: False) -> Outcome:
+        """Try every upload not refused yet, in order; stop at the first destination that is
+        down (the rest most likely go there too)."""
+        outcome = Outcome()
+        for upload in self.journal.pending():
+            if upload.id in self.refused:
+                outcome.refused += 1
+                outcome.left_bytes += upload.size
+                continue
+            if stop() or outcome.reason is not None:
+                outcome.left += 1
+                outcome.left_bytes += upload.size
+                continue
+            try:
+                if self.send(upload):
+                    outcome.sent += 1
+                    continue
+                outcome.reason = outcome.reason or f"run {upload.run_id} is not on its server yet"
+            except ArtifactRefusedError as exc:
+                self.refused[upload.id] = str(exc)
+                self.journal.note_failure(upload.id, str(exc))
+                outcome.refused += 1
+                outcome.left_bytes += upload.size
+                continue
+            except (DestinationUnavailableError, StoreError, OSError) as exc:
+                self.journal.note_failure(upload.id, str(exc))
+                outcome.reason = redact_uri(str(exc))
+            outcome.left += 1
+            outcome.left_bytes += upload.size
+        return outcome
+
+
+class Uploader:
+    """This process's uploads: the staging area, the journal (made on first use) and the
+    thread."""
+
+    def __init__(self, staging: Staging | None = None):
+        self.staging = staging if staging is not None else Staging()
+        self.exit_timeout = env_float("AUTOLOG_EXIT_TIMEOUT", 10.0)
+        self.total_exit_timeout = env_float("AUTOLOG_ARTIFACT_EXIT_TIMEOUT", 600.0)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._journal: Journal | None = None
+        self._runner: UploadRunner | None = None
+        self._runs: dict[str, Callable[[], str | None]] = {}  # run id -> its artifact URI, when known
+        self._thread: threading.Thread | None = None
+        self._kick = threading.Event()
+        self._stopping = False
+        self._changed = threading.Condition()  # notified after every attempt and every byte batch
+        self._last: Outcome = Outcome()
+        self._moved = 0  # bytes moved so far (progress, for the exit wait)
+        self._warned: set[int] = set()
+        self._outage_warned = False
+
+    def after_fork_in_child(self) -> None:
+        """A forked child starts with no journal and no thread: the parent's uploads stay
+        the parent's."""
+        if self._pid != os.getpid():
+            self._reset()
+
+    # -- the caller's side ---------------------------------------------------------------
+
+    def owner(self) -> str:
+        """The name staged refs of this process are filed under (its journal's)."""
+        return self._open().name
+
+    def _open(self) -> Journal:
+        if self._journal is None:
+            self._journal = Journal.create(self.staging.root / "journals")
+            self._runner = UploadRunner(self._journal, self.staging, self._resolve)
+            self._runner.progress = self._moved_bytes
+        return self._journal
+
+    def submit(self, tracking_uri: str, run_id: str, artifact_uri: Callable[[], str | None],
+               artifact_path: str, staged: Staged) -> None:
+        """Record an upload (committed to the journal when this returns) and wake the
+        thread. ``artifact_uri`` gives the run's artifact URI, or None while it has none."""
+        self._runs[run_id] = artifact_uri
+        self._open().add(tracking_uri, run_id, artifact_uri() or "", artifact_path, staged.ref,
+                         staged.sha256, staged.size)
+        self._start()
+
+    def _resolve(self, upload: Upload) -> str | None:
+        known = self._runs.get(upload.run_id)
+        return known() if known is not None else None
+
+    def _moved_bytes(self, count: int) -> None:
+        self._moved += count
+        with self._changed:
+            self._changed.notify_all()
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._kick.set()
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="autolog-uploader", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        pause = 0.0
+        while not self._stopping:
+            self._kick.wait(pause if pause else None)
+            self._kick.clear()
+            if self._stopping:
+                break
+            runner = self._runner
+            assert runner is not None
+            try:
+                outcome = runner.run_pass(lambda: self._stopping)
+            except Exception as exc:  # a defect of autolog's own: said, and tried again later
+                outcome = Outcome(left=1, reason=f"{type(exc).__name__}: {exc}")
+                warn_from_thread(f"artifact upload failed: {outcome.reason}")
+            self._report(runner, outcome)
+            if outcome.left:
+                waiting_for_run = outcome.reason is not None and "not on its server" in outcome.reason
+                pause = RESOLVE_PAUSE_S if waiting_for_run else min(max(pause * 2, 1.0), BACKOFF_MAX_S)
+                self._kick.wait(0)  # keep a kick that came meanwhile
+            else:
+                pause = 0.0
+
+    def _report(self, runner: UploadRunner, outcome: Outcome) -> None:
+        for upload_id, why in runner.refused.items():
+            if upload_id not in self._warned:
+                self._warned.add(upload_id)
+                warn_from_thread(f"an artifact upload was refused: {why}; it is kept for "
+                                 f"`autolog sync` once that is fixed")
+        if outcome.left and outcome.reason and "not on its server" not in outcome.reason:
+            if not self._outage_warned:
+                self._outage_warned = True
+                warn_from_thread(f"artifact uploads wait: {outcome.reason}; they are retried "
+                                 "in the background")
+        elif not outcome.left:
+            self._outage_warned = False
+        with self._changed:
+            self._last = outcome
+            self._changed.notify_all()
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def pending(self) -> int:
+        journal = self._journal
+        if journal is None:
+            return 0
+        refused = self._runner.refused if self._runner is not None else {}
+        return sum(1 for upload in journal.pending() if upload.id not in refused)
+
+    def wait(self, timeout: float | None, idle_timeout: float | None = None,
+             run_id: str | None = None) -> bool:
+        """Wait until every upload (of ``run_id``, or all) is done: True; False at
+        ``timeout`` seconds, after ``idle_timeout`` seconds without progress (no byte
+        moved, no upload finished), or once all that is left was refused."""
+        journal = self._journal
+        if journal is None:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last_progress, last_state = time.monotonic(), None
+        self._kick.set()
+        while True:
+            uploads = [u for u in journal.pending() if run_id is None or u.run_id == run_id]
+            refused = self._runner.refused if self._runner is not None else {}
+            if not uploads:
+                return True
+            if all(upload.id in refused for upload in uploads):
+                return False
+            now = time.monotonic()
+            state = (self._moved, len(uploads))
+            if state != last_state:
+                last_progress, last_state = now, state
+            if deadline is not None and now >= deadline:
+                return False
+            if idle_timeout is not None and now - last_progress >= idle_timeout:
+                return False
+            with self._changed:
+                self._changed.wait(0.2)
+
+    def describe_left(self) -> str | None:
+        """One line on the uploads still owed, and how they are sent; None when none are."""
+        journal = self._journal
+        if journal is None:
+            return None
+        uploads = journal.pending()
+        if not uploads:
+            return None
+        size = human_size(sum(upload.size for upload in uploads))
+        last = uploads[-1].error or self._last.reason
+        why = f" ({redact_uri(last)})" if last else ""
+        return (f"{len(uploads)} artifact upload(s), {size}, not sent yet{why}; they are kept in "
+                f"{self.staging.root} and sent by: autolog sync")
+
+    def close(self) -> str | None:
+        """Wait for the uploads (see the module doc), stop the thread, and return the line
+        to print about what is left (None when all was sent)."""
+        if self._journal is None or self._pid != os.getpid():
+            return None
+        if self.pending():
+            with self._exit_bar():
+                self.wait(self.total_exit_timeout, self.exit_timeout)
+        self._stopping = True
+        self._kick.set()
+        line = self.describe_left()
+        journal, self._journal = self._journal, None
+        journal.close(remove=line is None)
+        if line is None:
+            self.staging.drop_owner(journal.name)
+        return line
+
+    @contextlib.contextmanager
+    def _exit_bar(self) -> Iterator[None]:
+        """A tqdm bar of the bytes left while the exit waits, on a terminal only."""
+        runner = self._runner
+        if runner is None or self._journal is None or not sys.stderr.isatty():
+            yield
+            return
+        from tqdm import tqdm
+
+        total = sum(upload.size for upload in self._journal.pending())
+        with tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr, leave=False,
+                  desc="autolog: uploading artifacts") as bar:
+            def progress(count: int) -> None:
+                self._moved_bytes(count)
+                bar.update(min(count, bar.total - bar.n))
+
+            runner.progress = progress
+            try:
+                yield
+            finally:
+                runner.progress = self._moved_bytes
+
+
+_uploader: Uploader | None = None
+_uploader_lock = threading.Lock()
+
+
+def get_uploader() -> Uploader:
+    global _uploader
+    with _uploader_lock:
+        if _uploader is None:
+            _uploader = Uploader()
+        return _uploader
+
+
+def existing_uploader() -> Uploader | None:
+    return _uploader
+
+
+def reset_uploader() -> None:
+    """Forget this process's uploader (tests: a new staging directory per test)."""
+    global _uploader
+    with _uploader_lock:
+        _uploader = None
