@@ -18,7 +18,7 @@ from autolog.artifacts import logged as _logged
 from autolog.artifacts import reading as _reading
 from autolog.artifacts.destinations.base import ArtifactEntry
 from autolog.artifacts.paths import check_file_name
-from autolog.artifacts.uploader import existing_uploader
+from autolog.artifacts.uploader import RunTarget, existing_uploader
 from autolog.config import check_on_conflict, settings
 from autolog.config import warn as warn_user
 from autolog.lifecycle import active_or_new, current_store
@@ -259,15 +259,12 @@ def _runs_frame(pandas, records: list[RunRecord]):
 # -- artifacts --------------------------------------------------------------------------------
 
 
-def _target(run: Run) -> _logged.RunTarget:
+def _target(run: Run) -> RunTarget:
     """Where ``run``'s artifacts go. A run started offline has no artifact URI until its
-    server creates it: the uploader asks again until then."""
-    known = run.info.artifact_uri
+    server creates it: the uploader thread asks for it until then."""
     found: list[str] = []
 
-    def artifact_uri() -> str | None:
-        if known:
-            return known
+    def resolve() -> str | None:
         if not found:
             server_id = run.store.server_run_id(run.id)
             if server_id is None:
@@ -275,7 +272,7 @@ def _target(run: Run) -> _logged.RunTarget:
             found.append(run.store.get_run(server_id).info.artifact_uri)
         return found[0]
 
-    return _logged.RunTarget(run.store.uri, run.id, artifact_uri)
+    return RunTarget(run.store.uri, run.id, run.info.artifact_uri, resolve)
 
 
 def log_artifact(local_path: Any, artifact_path: str | None = None) -> None:

@@ -148,9 +148,10 @@ class CopyReport:
         else:
             lines = [f"runs: {self.runs_created} created, {self.runs_updated} updated, "
                      f"{self.runs_unchanged} already up to date; copied {self.points:,} metric "
-                     f"points, {self.params} params, {self.tags} tags in {self.seconds:.1f} s",
-                     f"artifacts: {self.artifacts} files copied ({human_size(self.artifact_bytes)}), "
-                     f"{self.artifacts_present} already there"]
+                     f"points, {self.params} params, {self.tags} tags in {self.seconds:.1f} s"]
+            if self.artifacts or self.artifacts_present:
+                lines.append(f"artifacts: {self.artifacts} files copied ({human_size(self.artifact_bytes)}), "
+                             f"{self.artifacts_present} already there")
         lines.extend(f"not copied: {conflict}" for conflict in self.conflicts)
         lines.extend(self.notes)
         return "\n".join(lines)

@@ -84,9 +84,14 @@ def main() -> None:
         with autolog.start_run(run_name="lightning", nested=True):
             train_lightning(X, y)
         autolog.log_metric("test_acc", float(((X_test[:, 0] + X_test[:, 1] > 0) == y_test).mean()))
+        # Artifacts: secured on disk at once, written to ./mlruns by a background thread.
+        autolog.log_dict({"features": X.shape[1], "train_rows": len(X)}, "data/config.json")
+        autolog.log_text("demo of autolog: one line, every fit recorded\n", "README.txt")
+    autolog.flush()  # waits for the artifacts too
 
     cli = shutil.which("autolog") or os.path.join(os.path.dirname(sys.executable), "autolog")
-    for command in (["runs", "list"], ["runs", "show", run.id], ["runs", "show", sklearn_run.id]):
+    for command in (["runs", "list"], ["runs", "show", run.id], ["runs", "show", sklearn_run.id],
+                    ["artifacts", "list", run.id]):
         print(f"\n$ autolog {' '.join(command)}")
         subprocess.run([cli, *command], check=True)
     show_with_mlflow(run.id)
@@ -106,6 +111,7 @@ def show_with_mlflow(run_id: str) -> None:
     print(f"\nMLflowClient().get_run({run_id!r}): {parent.info.run_name}, {parent.info.status}, "
           f"params {parent.data.params}, metrics {parent.data.metrics}")
     print(f"children: {sorted(child.info.run_name for child in children)}")
+    print(f"artifacts: {[(f.path, f.file_size) for f in client.list_artifacts(run_id)]}")
     print("Browse them: mlflow ui   (or: autolog ui), then open http://127.0.0.1:5000")
 
 

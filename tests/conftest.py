@@ -7,7 +7,7 @@ import os
 import pytest
 
 os.environ.setdefault("AUTOLOG_STRICT", "1")  # autolog's own errors fail tests
-pytest.register_assert_rewrite("mlflow_server", "databases", "browser")  # helpers tests import
+pytest.register_assert_rewrite("mlflow_server", "databases", "browser", "s3_server")  # helpers tests import
 
 import autolog  # noqa: E402
 from autolog import run as run_module  # noqa: E402

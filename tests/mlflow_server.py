@@ -40,12 +40,19 @@ def free_port() -> int:
 
 class MlflowServer:
     """``mlflow server --backend-store-uri <backend_uri>`` run in ``workdir``; with
-    ``backend_uri=None``, ``mlflow ui`` with no store flag: MLflow's default store there."""
+    ``backend_uri=None``, ``mlflow ui`` with no store flag: MLflow's default store there.
 
-    def __init__(self, backend_uri: str | None, workdir: Path, port: int | None = None):
+    Its artifacts are proxied to ``workdir/artifacts`` unless ``artifact_args`` says
+    otherwise (``--default-artifact-root s3://… --no-serve-artifacts``). Its environment is
+    this one without MLFLOW_*, AUTOLOG_* settings, plus ``env`` (an S3 endpoint, say)."""
+
+    def __init__(self, backend_uri: str | None, workdir: Path, port: int | None = None,
+                 artifact_args: list[str] | None = None, env: dict[str, str] | None = None):
         self.backend_uri = backend_uri
         self.workdir = workdir
         self.port = port or free_port()
+        self.artifact_args = artifact_args or ["--artifacts-destination", str(workdir / "artifacts")]
+        self.env = env or {}
         self.log_path = workdir / "server.log"
         self._process: subprocess.Popen | None = None
 
@@ -67,12 +74,11 @@ class MlflowServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {key: value for key, value in os.environ.items()
                if not key.startswith(("MLFLOW_", "AUTOLOG_"))}
-        env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", PYTHONUNBUFFERED="1")
+        env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", PYTHONUNBUFFERED="1", **self.env)
         if self.backend_uri is None:
             command = ["ui"]
         else:
-            command = ["server", "--backend-store-uri", self.backend_uri,
-                       "--artifacts-destination", str(self.workdir / "artifacts")]
+            command = ["server", "--backend-store-uri", self.backend_uri, *self.artifact_args]
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "mlflow", *command,
@@ -121,6 +127,17 @@ class MlflowServer:
         import mlflow
 
         return mlflow.MlflowClient(tracking_uri=self.uri)
+
+    def run_by_local_id(self, local_id: str):
+        """The server's run that a run started offline (``offline-…``) became."""
+        from autolog.stores.spool.sender import LOCAL_RUN_ID_TAG
+
+        client = self.client()
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        found = client.search_runs(experiments,
+                                   filter_string=f"tags.`{LOCAL_RUN_ID_TAG}` = '{local_id}'")
+        assert len(found) == 1, f"{len(found)} server runs for {local_id}"
+        return found[0]
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

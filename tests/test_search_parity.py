@@ -148,6 +148,7 @@ def mlflow_comparable(run) -> dict:
     return {
         "run_id": info.run_id, "experiment_id": info.experiment_id, "run_name": info.run_name,
         "status": info.status, "start_time": info.start_time, "end_time": info.end_time,
+        "artifact_uri": info.artifact_uri,
         "params": dict(sorted(run.data.params.items())),
         "tags": dict(sorted(run.data.tags.items())),
         "metrics": {key: "NaN" if math.isnan(value) else value

@@ -50,14 +50,6 @@ def steps(server, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in server.client().get_metric_history(run_id, key))
 
 
-def run_by_local_id(server, local_id: str):
-    client = server.client()
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    found = client.search_runs(experiments, filter_string=f"tags.`{LOCAL_RUN_ID_TAG}` = '{local_id}'")
-    assert len(found) == 1, f"{len(found)} server runs for {local_id}"
-    return found[0]
-
-
 def sync(*args: str):
     return CliRunner().invoke(main, ["sync", *args])
 
@@ -164,7 +156,7 @@ def test_server_down_from_the_first_second(fault_server, spool_dir, capsys):
     fault_server.start()
     result = sync()
     assert result.exit_code == 0, result.output
-    remote = run_by_local_id(fault_server, run.id)
+    remote = fault_server.run_by_local_id(run.id)
     assert remote.info.status == "FINISHED"
     assert remote.info.run_name == "offline"
     assert remote.data.params == {"lr": "0.5"}
@@ -174,7 +166,7 @@ def test_server_down_from_the_first_second(fault_server, spool_dir, capsys):
     assert len(steps(fault_server, remote.info.run_id, "nan")) == 1
 
     assert sync().exit_code == 0
-    assert run_by_local_id(fault_server, run.id).info.run_id == remote.info.run_id  # one run
+    assert fault_server.run_by_local_id(run.id).info.run_id == remote.info.run_id  # one run
     assert steps(fault_server, remote.info.run_id, "loss") == list(range(2500))
     # the local id the user saw still reads the run, from any process
     store = open_store(fault_server.uri)
@@ -253,7 +245,7 @@ def test_sigkilled_process_leaves_its_data_for_autolog_sync(fault_server, spool_
     monkeypatch.setenv("AUTOLOG_TRACKING_URI", fault_server.uri)  # the server sync may send to
     result = sync()
     assert result.exit_code == 0, result.output
-    remote = run_by_local_id(fault_server, run_id)
+    remote = fault_server.run_by_local_id(run_id)
     sent = steps(fault_server, remote.info.run_id, "x")
     assert sent == list(range(len(sent)))  # every point once, in order, none missing
     assert sent[-1] >= must_have
@@ -486,7 +478,7 @@ def test_an_unwritable_spool_and_a_dead_server_keep_the_data_in_memory(fault_ser
     assert "kept in memory (the spool cannot be written)" in shown
     assert f"run {run.id} started offline" in shown
     assert run.id.startswith("offline-")
-    remote = run_by_local_id(fault_server, run.id)
+    remote = fault_server.run_by_local_id(run.id)
     assert remote.info.status == "FINISHED" and remote.info.run_name == "no-spool-no-server"
     assert steps(fault_server, remote.info.run_id, "m") == list(range(logged))
     assert fault_server.refused_log_batches() == []

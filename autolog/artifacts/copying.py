@@ -29,11 +29,14 @@ def copy_artifacts(source_uri: str, source_tracking: str, dest_uri: str, dest_tr
     """Copy every artifact file under ``source_uri`` to the same path under ``dest_uri``
     (artifact URIs; the tracking URIs are the stores the runs live in)."""
     source = destination_for(source_uri, with_credentials(source_tracking))
+    files = files_under(source, "")
+    if not files:
+        return CopiedArtifacts()
     dest = destination_for(dest_uri, with_credentials(dest_tracking))
     owner = f"copy-{staging.partial_path().name}"
     copied = CopiedArtifacts()
     try:
-        for path, _size in files_under(source, ""):
+        for path, _size in files:
             if isinstance(source, LocalDestination):
                 staged = staging.secure_file(source.root / path, owner)
             else:

@@ -91,15 +91,23 @@ class Journal:
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
 
-    def add(self, tracking_uri: str, run_id: str, artifact_uri: str, artifact_path: str,
-            ref: Path, sha256: str, size: int) -> int:
+    def add(self, tracking_uri: str, run_id: str, artifact_uri: str,
+            files: list[tuple[str, Path, str, int]]) -> None:
+        """Record uploads of ``files`` (artifact path, staged ref, sha256, size) to one run,
+        in one transaction (one fsync, however many files a folder holds)."""
+        now = int(time.time() * 1000)
         with self._mutex:
-            cursor = self._conn.execute(
-                "INSERT INTO uploads (tracking_uri, run_id, artifact_uri, artifact_path, ref, "
-                "sha256, size, logged_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (tracking_uri, run_id, artifact_uri, artifact_path, str(ref), sha256, size,
-                 int(time.time() * 1000)))
-            return int(cursor.lastrowid)
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    "INSERT INTO uploads (tracking_uri, run_id, artifact_uri, artifact_path, ref, "
+                    "sha256, size, logged_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(tracking_uri, run_id, artifact_uri, path, str(ref), sha256, size, now)
+                     for path, ref, sha256, size in files])
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def pending(self) -> list[Upload]:
         """Every upload still owed, oldest first."""

@@ -9,22 +9,10 @@ byte is staged.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from autolog.artifacts.paths import check_artifact_path, check_file_name, join
-from autolog.artifacts.uploader import get_uploader
-
-
-@dataclass(frozen=True)
-class RunTarget:
-    """A run as the uploader needs it: its store's URI, its id, and its artifact URI (None
-    while the run is offline and its server has not created it yet)."""
-
-    tracking_uri: str
-    run_id: str
-    artifact_uri: Callable[[], str | None]
+from autolog.artifacts.uploader import RunTarget, get_uploader
 
 
 def log_file(target: RunTarget, local_path: object, artifact_path: object = None) -> str:
@@ -36,7 +24,7 @@ def log_file(target: RunTarget, local_path: object, artifact_path: object = None
     destination = join(check_artifact_path(artifact_path), source.name)
     uploader = get_uploader()
     staged = uploader.staging.secure_file(source, uploader.owner())
-    uploader.submit(target.tracking_uri, target.run_id, target.artifact_uri, destination, staged)
+    uploader.submit(target, [(destination, staged)])
     return destination
 
 
@@ -53,9 +41,16 @@ def log_folder(target: RunTarget, local_dir: object, artifact_path: object = Non
         files += [(Path(folder) / name, join(prefix, "" if relative == "." else relative, name))
                   for name in sorted(names)]
     uploader = get_uploader()
-    for source, destination in files:
-        staged = uploader.staging.secure_file(source, uploader.owner())
-        uploader.submit(target.tracking_uri, target.run_id, target.artifact_uri, destination, staged)
+    staged: list = []
+    try:
+        for source, destination in files:
+            staged.append((destination, uploader.staging.secure_file(source, uploader.owner())))
+    except BaseException:  # a file that cannot be read, a full disk: none of the folder is logged
+        for _, done in staged:
+            uploader.staging.release(done.ref, done.sha256)
+        raise
+    if staged:
+        uploader.submit(target, staged)
     return [destination for _, destination in files]
 
 
@@ -64,7 +59,7 @@ def log_bytes(target: RunTarget, data: bytes, artifact_file: object) -> str:
     destination = check_file_name(artifact_file)
     uploader = get_uploader()
     staged = uploader.staging.secure_bytes(data, uploader.owner())
-    uploader.submit(target.tracking_uri, target.run_id, target.artifact_uri, destination, staged)
+    uploader.submit(target, [(destination, staged)])
     return destination
 
 

@@ -75,6 +75,18 @@ def human_size(size: float) -> str:
     raise AssertionError("unreachable")
 
 
+@dataclass(frozen=True)
+class RunTarget:
+    """A run as the uploader needs it: its store's URI, its id, its artifact URI ("" while
+    the run is offline), and how the uploader thread finds that URI once the run's server
+    has created it (None until then; it may ask the server, so never on this thread)."""
+
+    tracking_uri: str
+    run_id: str
+    artifact_uri: str
+    resolve: Callable[[], str | None]
+
+
 @dataclass
 class Outcome:
     """What one pass over uploads left: counts and bytes still owed, and why."""
@@ -199,13 +211,12 @@ class Uploader:
             self._runner.progress = self._moved_bytes
         return self._journal
 
-    def submit(self, tracking_uri: str, run_id: str, artifact_uri: Callable[[], str | None],
-               artifact_path: str, staged: Staged) -> None:
-        """Record an upload (committed to the journal when this returns) and wake the
-        thread. ``artifact_uri`` gives the run's artifact URI, or None while it has none."""
-        self._runs[run_id] = artifact_uri
-        self._open().add(tracking_uri, run_id, artifact_uri() or "", artifact_path, staged.ref,
-                         staged.sha256, staged.size)
+    def submit(self, target: RunTarget, files: list[tuple[str, Staged]]) -> None:
+        """Record the uploads of ``files`` (artifact path, staged bytes) to one run,
+        committed to the journal when this returns, and wake the thread."""
+        self._runs[target.run_id] = target.resolve
+        self._open().add(target.tracking_uri, target.run_id, target.artifact_uri,
+                         [(path, staged.ref, staged.sha256, staged.size) for path, staged in files])
         self._start()
 
     def _resolve(self, upload: Upload) -> str | None:
