@@ -506,3 +506,5 @@ def test_a_server_killed_mid_upload_gets_the_whole_file_from_autolog_sync(fault_
     assert [(f.path, f.file_size) for f in fault_server.client().list_artifacts(run_id, "large")] == [
         ("large/blocks.bin", source.stat().st_size)]
     served.unlink()
+    for partial in uploading.rglob(".artifact.uploading.*"):  # what the killed server left
+        partial.unlink()
