@@ -20,8 +20,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from click.testing import CliRunner
 from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
+import autolog
 from autolog.artifacts.destinations import destination_for, proxy
 from autolog.artifacts.destinations.base import (
     ArtifactEntry,
@@ -31,6 +33,7 @@ from autolog.artifacts.destinations.base import (
     VerificationError,
 )
 from autolog.artifacts.destinations.proxy import ProxyDestination
+from autolog.cli import main
 
 pytest_plugins = ("mlflow_server",)
 pytestmark = pytest.mark.usefixtures("spool_dir")
@@ -412,3 +415,96 @@ def test_a_2_gib_file_streams_with_flat_memory(server_run, sqlite_server, tmp_pa
         ("large/blocks.bin", size)]
     served.unlink()
     source.unlink()
+
+
+# -- end to end: autolog's API, the uploader, autolog sync --------------------------------
+
+
+def put_requests(server, path_end: str) -> int:
+    """The uploads of a file (``PUT …/<path_end>``) in the server's access log."""
+    return len([line for line in server.log_text().splitlines()
+                if '"PUT /api/2.0/mlflow-artifacts/artifacts/' in line and f'/{path_end} HTTP/' in line])
+
+
+def test_the_api_logs_to_the_server_and_mlflows_client_reads_it(sqlite_server, tmp_path):
+    autolog.set_tracking_uri(sqlite_server.uri)
+    model = write_file(tmp_path / "model.bin", os.urandom(5 * MIB + 1))
+    folder = tmp_path / "data"
+    write_file(folder / "train.csv", b"x,y\n1,2\n")
+    write_file(folder / "split" / "test.csv", b"x,y\n3,4\n")
+    with autolog.start_run() as run:
+        autolog.log_artifact(model, "models")
+        autolog.log_artifacts(folder, "data")
+        autolog.log_text("hello", "notes/readme.txt")
+    assert autolog.flush()
+
+    client = sqlite_server.client()
+    run_id = run.id
+    assert [(f.path, f.is_dir) for f in client.list_artifacts(run_id)] == [
+        ("data", True), ("models", True), ("notes", True)]
+    expected = {"models/model.bin": model.read_bytes(), "data/train.csv": b"x,y\n1,2\n",
+                "data/split/test.csv": b"x,y\n3,4\n", "notes/readme.txt": b"hello"}
+    for artifact_path, content in expected.items():
+        local = client.download_artifacts(run_id, artifact_path, str(tmp_path / "mlflow"))
+        assert Path(local).read_bytes() == content, artifact_path
+    assert autolog.list_artifacts(run_id, "data") == [
+        ArtifactEntry(f.path, f.is_dir, f.file_size) for f in client.list_artifacts(run_id, "data")]
+    back = autolog.download_artifacts(run_id, "data", tmp_path / "autolog")
+    assert (Path(back) / "split" / "test.csv").read_bytes() == b"x,y\n3,4\n"
+
+    # The same bytes to the same place: the proxy already holds them, nothing is sent.
+    assert put_requests(sqlite_server, f"{run_id}/artifacts/models/model.bin") == 1
+    with autolog.start_run(run_id=run_id):
+        autolog.log_artifact(model, "models")
+    assert autolog.flush()
+    assert put_requests(sqlite_server, f"{run_id}/artifacts/models/model.bin") == 1
+
+
+KILLED_UPLOADER = textwrap.dedent("""
+    import sys, autolog
+    autolog.set_tracking_uri(sys.argv[1])
+    with autolog.start_run() as run:
+        print(run.id, flush=True)
+        autolog.log_artifact(sys.argv[2], "large")
+""")
+
+
+def test_a_server_killed_mid_upload_gets_the_whole_file_from_autolog_sync(fault_server, tmp_path):
+    source = tmp_path / "blocks.bin"
+    sha256 = write_large_file(source, 768)
+    env = {**os.environ, "AUTOLOG_STRICT": "0", "AUTOLOG_EXIT_TIMEOUT": "2"}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_UPLOADER, fault_server.uri, str(source)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        run_id = child.stdout.readline().strip()
+        served = served_path(fault_server, run_id, "large/blocks.bin")
+        uploading = fault_server.workdir / "artifacts"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the server's half-written file grows
+            partial = [path for path in uploading.rglob(".artifact.uploading.*")
+                       if f"/{run_id}/" in str(path) and path.stat().st_size > 64 * MIB]
+            if partial:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the upload never started")
+        fault_server.kill()
+        _, stderr = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, stderr
+    assert "autolog sync" in stderr  # the exit names the command that sends the rest
+    assert not served.exists()  # killed mid-upload
+
+    fault_server.start()
+    synced = CliRunner().invoke(main, ["sync"])
+    assert synced.exit_code == 0, synced.output
+    assert "uploaded 1 artifact(s)" in synced.output
+    assert served.stat().st_size == source.stat().st_size
+    assert sha256_of(served) == sha256
+    assert [(f.path, f.file_size) for f in fault_server.client().list_artifacts(run_id, "large")] == [
+        ("large/blocks.bin", source.stat().st_size)]
+    served.unlink()
+    for partial in uploading.rglob(".artifact.uploading.*"):  # what the killed server left
+        partial.unlink()
