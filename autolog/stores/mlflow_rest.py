@@ -138,7 +138,7 @@ _NOT_TLS_REASONS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNKNOWN_PRO
                     "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST"}
 
 
-def _misconfiguration(exc: BaseException) -> str | None:
+def misconfiguration(exc: BaseException) -> str | None:
     """What to check when a failed request shows a misconfiguration rather than an outage:
     a host that does not exist (not a DNS server that does not answer now), or TLS."""
     seen: set[int] = set()
@@ -432,7 +432,7 @@ class MlflowRestClient:
                 raise ServerUnreachableError(self._redact(
                     f"{description}: no complete answer within {self._call_timeout:g} s "
                     f"(AUTOLOG_HTTP_TIMEOUT) ({type(exc).__name__}: {exc})")) from None
-            check = _misconfiguration(exc)
+            check = misconfiguration(exc)
             if check is not None:
                 raise MisconfiguredServerError(self._redact(
                     f"{self.uri} cannot be an MLflow tracking server as written: {check} "

@@ -48,8 +48,8 @@ from autolog.stores.mlflow_rest import (
     AUTH_STATUSES,
     CREDENTIAL_VARIABLES,
     RETRY_STATUSES,
-    _misconfiguration,
     authenticate,
+    misconfiguration,
 )
 from autolog.uris import redact_uri, split_credentials
 
@@ -288,7 +288,7 @@ class ProxyDestination:
             response = self._session.request(method, url, timeout=self._timeout,
                                              verify=self._session.verify, **kwargs)
         except requests.RequestException as exc:
-            check = _misconfiguration(exc)
+            check = misconfiguration(exc)
             if check is not None:
                 raise ArtifactRefusedError(self._redact(
                     f"{description}: {check} ({type(exc).__name__}: {exc})")) from None
