@@ -38,67 +38,61 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class MlflowServer:
-    """``mlflow server --backend-store-uri <backend_uri>`` run in ``workdir``; with
-    ``backend_uri=None``, ``mlflow ui`` with no store flag: MLflow's default store there.
+class ServerProcess:
+    """A server run as a process of its own (its own process group, so that a kill reaches
+    its workers), on a free 127.0.0.1 port that a restart keeps, its output in a log file.
+    Subclasses say how to start it (:meth:`command`, :meth:`environment`) and when it is up
+    (:meth:`answers`)."""
 
-    Its artifacts are proxied to ``workdir/artifacts`` unless ``artifact_args`` says
-    otherwise (``--default-artifact-root s3://… --no-serve-artifacts``). Its environment is
-    this one without MLFLOW_*, AUTOLOG_* settings, plus ``env`` (an S3 endpoint, say)."""
+    name = "server"
 
-    def __init__(self, backend_uri: str | None, workdir: Path, port: int | None = None,
-                 artifact_args: list[str] | None = None, env: dict[str, str] | None = None):
-        self.backend_uri = backend_uri
+    def __init__(self, workdir: Path, port: int | None, log_name: str):
         self.workdir = workdir
         self.port = port or free_port()
-        self.artifact_args = artifact_args or ["--artifacts-destination", str(workdir / "artifacts")]
-        self.env = env or {}
-        self.log_path = workdir / "server.log"
+        self.log_path = workdir / log_name
         self._process: subprocess.Popen | None = None
 
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __repr__(self) -> str:
-        backend = self.backend_uri.split(":")[0] if self.backend_uri else "mlflow ui default"
-        return f"MlflowServer({self.uri}, backend={backend})"
-
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self) -> MlflowServer:
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def answers(self) -> bool:
+        raise NotImplementedError
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self):
         """Start (or restart, on the same port) and wait until it answers."""
         assert not self.running, "already running"
         self.workdir.mkdir(parents=True, exist_ok=True)
-        env = {key: value for key, value in os.environ.items()
-               if not key.startswith(("MLFLOW_", "AUTOLOG_"))}
-        env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", PYTHONUNBUFFERED="1", **self.env)
-        if self.backend_uri is None:
-            command = ["ui"]
-        else:
-            command = ["server", "--backend-store-uri", self.backend_uri, *self.artifact_args]
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", *command,
-                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-                cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: kill() reaches the workers
-            )
+                self.command(), cwd=self.workdir, env=self.environment(), stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self._process.returncode}:\n"
+                raise RuntimeError(f"{self.name} exited with {self._process.returncode}:\n"
                                    f"{self.log_text()[-3000:]}")
             try:
-                if requests.get(f"{self.uri}/health", timeout=1).status_code == 200:
+                if self.answers():
                     return self
             except requests.RequestException:
                 pass
             time.sleep(0.1)
         self.kill()
-        raise RuntimeError(f"mlflow server did not answer within {START_TIMEOUT_S:.0f} s:\n"
+        raise RuntimeError(f"{self.name} did not answer within {START_TIMEOUT_S:.0f} s:\n"
                            f"{self.log_text()[-3000:]}")
 
     def kill(self) -> None:
@@ -122,6 +116,45 @@ class MlflowServer:
             self._process.wait(timeout=15)
         self._process = None
 
+
+class MlflowServer(ServerProcess):
+    """``mlflow server --backend-store-uri <backend_uri>`` run in ``workdir``; with
+    ``backend_uri=None``, ``mlflow ui`` with no store flag: MLflow's default store there.
+
+    Its artifacts are proxied to ``workdir/artifacts`` unless ``artifact_args`` says
+    otherwise (``--default-artifact-root s3://… --no-serve-artifacts``). Its environment is
+    this one without MLFLOW_*, AUTOLOG_* settings, plus ``env`` (an S3 endpoint, say)."""
+
+    name = "mlflow server"
+
+    def __init__(self, backend_uri: str | None, workdir: Path, port: int | None = None,
+                 artifact_args: list[str] | None = None, env: dict[str, str] | None = None):
+        super().__init__(workdir, port, "server.log")
+        self.backend_uri = backend_uri
+        self.artifact_args = artifact_args or ["--artifacts-destination", str(workdir / "artifacts")]
+        self.env = env or {}
+
+    def __repr__(self) -> str:
+        backend = self.backend_uri.split(":")[0] if self.backend_uri else "mlflow ui default"
+        return f"MlflowServer({self.uri}, backend={backend})"
+
+    def command(self) -> list[str]:
+        if self.backend_uri is None:
+            command = ["ui"]
+        else:
+            command = ["server", "--backend-store-uri", self.backend_uri, *self.artifact_args]
+        return [sys.executable, "-m", "mlflow", *command,
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+
+    def environment(self) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith(("MLFLOW_", "AUTOLOG_"))}
+        env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", PYTHONUNBUFFERED="1", **self.env)
+        return env
+
+    def answers(self) -> bool:
+        return requests.get(f"{self.uri}/health", timeout=1).status_code == 200
+
     def client(self):
         """MLflow's own client: what the tests check the server against."""
         import mlflow
@@ -138,9 +171,6 @@ class MlflowServer:
                                    filter_string=f"tags.`{LOCAL_RUN_ID_TAG}` = '{local_id}'")
         assert len(found) == 1, f"{len(found)} server runs for {local_id}"
         return found[0]
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def refused_log_batches(self) -> list[str]:
         """Access-log lines of log-batch requests the server answered with an error."""

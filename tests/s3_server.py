@@ -10,79 +10,44 @@ scripted endpoint answers what moto will not (throttling, refusals).
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
-from mlflow_server import MlflowServer, free_port
+from mlflow_server import MlflowServer, ServerProcess
 
 BUCKET = "autolog-artifacts"
-START_TIMEOUT_S = 60.0
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-class MotoServer:
+class MotoServer(ServerProcess):
     """``python -m moto.server`` on a free 127.0.0.1 port; its state (buckets, objects)
     lives in the process, so a restart starts empty."""
 
-    def __init__(self, workdir: Path, port: int | None = None):
-        self.workdir = workdir
-        self.port = port or free_port()
-        self.log_path = workdir / "moto.log"
-        self._process: subprocess.Popen | None = None
+    name = "moto server"
 
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def __init__(self, workdir: Path, port: int | None = None):
+        super().__init__(workdir, port, "moto.log")
 
     def __repr__(self) -> str:
         return f"MotoServer({self.uri})"
 
-    def start(self) -> MotoServer:
-        self.workdir.mkdir(parents=True, exist_ok=True)
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def environment(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items()
                if not key.startswith(("MLFLOW_", "AUTOLOG_", "AWS_"))}
         env["TMPDIR"] = str(self.workdir)  # object bodies over 5 MB spill to files there
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"moto server exited with {self._process.returncode}:\n"
-                                   f"{self.log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                requests.get(f"{self.uri}/moto-api/", timeout=1)
-                return self
-            except requests.RequestException:
-                time.sleep(0.1)
-        self.kill()
-        raise RuntimeError(f"moto server did not answer within {START_TIMEOUT_S:.0f} s")
+        return env
 
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL)
-
-    def stop(self) -> None:
-        self._signal(signal.SIGTERM)
-
-    def _signal(self, signum: int) -> None:
-        if self._process is None:
-            return
-        try:
-            os.killpg(self._process.pid, signum)
-        except ProcessLookupError:
-            pass
-        self._process.wait(timeout=15)
-        self._process = None
+    def answers(self) -> bool:
+        requests.get(f"{self.uri}/moto-api/", timeout=1)
+        return True
 
     def client(self):
         """A boto3 client of its own (not autolog's), for checking what the bucket holds."""

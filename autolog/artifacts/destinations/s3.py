@@ -208,7 +208,7 @@ class S3Destination:
         try:
             s3_client().download_file(self.bucket, self._key(artifact_path), str(target),
                                       ExtraArgs=self.owner_args or None, Callback=progress,
-                                      Config=self._transfer_config())
+                                      Config=self.transfer_config)
         except Exception as exc:
             raise self._translate(exc, "downloading", artifact_path) from None
 
