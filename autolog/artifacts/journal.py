@@ -70,6 +70,7 @@ class Journal:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute(_SCHEMA)
         self._mutex = threading.Lock()
+        self._closed = False
 
     @classmethod
     def create(cls, directory: Path) -> Journal:
@@ -110,8 +111,10 @@ class Journal:
             self._conn.execute("COMMIT")
 
     def pending(self) -> list[Upload]:
-        """Every upload still owed, oldest first."""
+        """Every upload still owed, oldest first (none once closed)."""
         with self._mutex:
+            if self._closed:
+                return []
             rows = self._conn.execute(
                 "SELECT id, tracking_uri, run_id, artifact_uri, artifact_path, ref, sha256, size, "
                 "attempts, error FROM uploads ORDER BY id").fetchall()
@@ -119,20 +122,27 @@ class Journal:
 
     def set_artifact_uri(self, upload_id: int, artifact_uri: str) -> None:
         with self._mutex:
-            self._conn.execute("UPDATE uploads SET artifact_uri = ? WHERE id = ?", (artifact_uri, upload_id))
+            if not self._closed:
+                self._conn.execute("UPDATE uploads SET artifact_uri = ? WHERE id = ?",
+                                   (artifact_uri, upload_id))
 
     def note_failure(self, upload_id: int, error: str) -> None:
         with self._mutex:
-            self._conn.execute("UPDATE uploads SET attempts = attempts + 1, error = ? WHERE id = ?",
-                               (error, upload_id))
+            if not self._closed:
+                self._conn.execute("UPDATE uploads SET attempts = attempts + 1, error = ? "
+                                   "WHERE id = ?", (error, upload_id))
 
     def done(self, upload_id: int) -> None:
+        """Forget a finished upload. After :meth:`close` (an upload that finished while the
+        process exited) the row stays: ``autolog sync`` finds the file there and skips it."""
         with self._mutex:
-            self._conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+            if not self._closed:
+                self._conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
 
     def close(self, remove: bool) -> None:
         """Close the file and its lock; with ``remove``, delete both (nothing is owed)."""
         with self._mutex:
+            self._closed = True
             self._conn.close()
             if remove:
                 for suffix in (SUFFIX, ".db-wal", ".db-shm"):

@@ -44,6 +44,7 @@ from autolog.uris import redact_uri, split_credentials
 
 BACKOFF_MAX_S = 30.0
 RESOLVE_PAUSE_S = 1.0  # how often to ask again for the artifact URI of a run still offline
+KICK_INTERVAL_S = 1.0  # while someone waits for the uploads, they are tried this often
 
 # The artifact URI of an upload's run, or None while the run has none yet (offline).
 Resolver = Callable[[Upload], "str | None"]
@@ -96,6 +97,7 @@ class Outcome:
     left_bytes: int = 0
     refused: int = 0
     reason: str | None = None
+    waiting_for_run: bool = False  # stopped at a run its server has not created yet
 
 
 class UploadRunner:
@@ -154,6 +156,7 @@ class UploadRunner:
                     outcome.sent += 1
                     continue
                 outcome.reason = outcome.reason or f"run {upload.run_id} is not on its server yet"
+                outcome.waiting_for_run = True
             except ArtifactRefusedError as exc:
                 self.refused[upload.id] = str(exc)
                 self.journal.note_failure(upload.id, str(exc))
@@ -256,9 +259,8 @@ class Uploader:
                 warn_from_thread(f"artifact upload failed: {outcome.reason}")
             self._report(runner, outcome)
             if outcome.left:
-                waiting_for_run = outcome.reason is not None and "not on its server" in outcome.reason
-                pause = RESOLVE_PAUSE_S if waiting_for_run else min(max(pause * 2, 1.0), BACKOFF_MAX_S)
-                self._kick.wait(0)  # keep a kick that came meanwhile
+                pause = (RESOLVE_PAUSE_S if outcome.waiting_for_run
+                         else min(max(pause * 2, 1.0), BACKOFF_MAX_S))
             else:
                 pause = 0.0
 
@@ -268,7 +270,7 @@ class Uploader:
                 self._warned.add(upload_id)
                 warn_from_thread(f"an artifact upload was refused: {why}; it is kept for "
                                  f"`autolog sync` once that is fixed")
-        if outcome.left and outcome.reason and "not on its server" not in outcome.reason:
+        if outcome.left and outcome.reason and not outcome.waiting_for_run:
             if not self._outage_warned:
                 self._outage_warned = True
                 warn_from_thread(f"artifact uploads wait: {outcome.reason}; they are retried "
@@ -298,8 +300,11 @@ class Uploader:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
         last_progress, last_state = time.monotonic(), None
-        self._kick.set()
+        last_kick = 0.0
         while True:
+            if time.monotonic() - last_kick >= KICK_INTERVAL_S:  # a waiter does not wait out
+                self._kick.set()  # the thread's backoff: a server back up is used at once
+                last_kick = time.monotonic()
             uploads = [u for u in journal.pending() if run_id is None or u.run_id == run_id]
             refused = self._runner.refused if self._runner is not None else {}
             if not uploads:
