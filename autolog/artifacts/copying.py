@@ -38,7 +38,7 @@ def copy_artifacts(source_uri: str, source_tracking: str, dest_uri: str, dest_tr
     try:
         for path, _size in files:
             if isinstance(source, LocalDestination):
-                staged = staging.secure_file(source.root / path, owner)
+                staged = staging.hashed(staging.secure_file(source.root / path, owner))
             else:
                 partial = staging.partial_path()
                 source.download(path, partial)

@@ -9,7 +9,8 @@ before its uploads were done) and sends what they list, from the staged objects.
 A row holds what an upload needs and nothing secret: the run's tracking URI without its
 password (the password comes back from the configured URI, as for spools), the run's id
 (an ``offline-…`` id until its server creates it), its ``artifact_uri`` when known, the
-path in the run's artifacts, the staged ref, the sha256 and the size.
+path in the run's artifacts, the staged ref, the sha256 (once the uploader has hashed the
+copy) and the size.
 """
 
 from __future__ import annotations
@@ -125,6 +126,11 @@ class Journal:
             if not self._closed:
                 self._conn.execute("UPDATE uploads SET artifact_uri = ? WHERE id = ?",
                                    (artifact_uri, upload_id))
+
+    def set_sha256(self, upload_id: int, sha256: str) -> None:
+        with self._mutex:
+            if not self._closed:
+                self._conn.execute("UPDATE uploads SET sha256 = ? WHERE id = ?", (sha256, upload_id))
 
     def note_failure(self, upload_id: int, error: str) -> None:
         with self._mutex:

@@ -10,8 +10,10 @@ Layout (``$AUTOLOG_STAGING_DIR``, default ``<spool dir>/artifacts``, so that
 
 A file is *copied* in, never hard-linked from the user's path: a file the user rewrites
 in place (``savefig("loss.png")`` every epoch, a checkpoint saved to the same name) keeps
-its inode, so a link would change what was logged. The copy is one pass that hashes as it
-writes, in 1 MiB blocks: memory stays flat whatever the size.
+its inode, so a link would change what was logged. The caller's thread only copies (in
+the kernel); the uploader's thread hashes the copy, 1 MiB at a time, and merges it with
+identical content already staged (:meth:`Staging.hashed`): memory stays flat whatever the
+size, and the caller waits about as long as MLflow's own local copy takes.
 
 Reference counting is the file system's own: an object's link count is the number of
 names it has (its ``objects/`` name, one ref per pending upload, and one per copy in a
@@ -45,13 +47,22 @@ def default_staging_dir() -> Path:
     return Path(configured) if configured else default_spool_dir() / "artifacts"
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read 1 MiB at a time (hashlib lets other threads run)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as reader:
+        while block := reader.read(BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class Staged:
     """Bytes secured in the staging area: the ref (a hard link to the object) that an
     upload reads from, their sha256 and their size."""
 
     ref: Path
-    sha256: str
+    sha256: str  # "" for a file copied in and not hashed yet (see Staging.hashed)
     size: int
 
 
@@ -83,22 +94,39 @@ class Staging:
         return self.refs / owner / secrets.token_hex(8)
 
     def secure_file(self, source: Path, owner: str) -> Staged:
-        """Copy ``source`` in (hashing as it goes) and take a ref on its object for
-        ``owner`` (a journal's name). Raises the ``OSError`` of a file that cannot be read,
-        or of a staging area that cannot be written (a full disk)."""
+        """Copy ``source`` in as a new ref of ``owner`` (a journal's name), not hashed yet:
+        the kernel copies it (``shutil.copyfile``, no pass through Python), and the
+        hashing, which costs more than the copy, is left to the uploader's thread
+        (:meth:`hashed`). Raises the ``OSError`` of a file that cannot be read, or of a
+        staging area that cannot be written (a full disk)."""
         ref = self._prepare(owner)
-        partial = self.partial_path()
-        digest = hashlib.sha256()
-        size = 0
         try:
-            with open(source, "rb") as reader, open(partial, "xb") as writer:
-                while block := reader.read(BLOCK):
-                    digest.update(block)
-                    writer.write(block)
-                    size += len(block)
-            return self._adopt(partial, digest.hexdigest(), size, ref)
-        finally:
-            partial.unlink(missing_ok=True)
+            shutil.copyfile(source, ref)
+            os.chmod(ref, 0o444)  # an object, and every name of it, is read-only
+            return Staged(ref, "", ref.stat().st_size)
+        except BaseException:
+            ref.unlink(missing_ok=True)
+            raise
+
+    def hashed(self, staged: Staged, sha256: str = "") -> Staged:
+        """``staged`` with its sha256, its ref made a name of the object of its content: a
+        ref :meth:`secure_file` made is hashed now (unless ``sha256`` says what it is),
+        and when an object with the same content exists the ref becomes another name of
+        it (its own copy is freed), else it becomes the object. Refs that are already
+        objects' names come back as they are."""
+        if staged.sha256:
+            return staged
+        sha256 = sha256 or file_sha256(staged.ref)
+        target = self.object_path(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._locked():
+            if target.exists():
+                merged = staged.ref.with_name(staged.ref.name + ".merged")
+                os.link(target, merged)
+                os.replace(merged, staged.ref)
+            else:
+                os.link(staged.ref, target)
+        return Staged(staged.ref, sha256, staged.size)
 
     def partial_path(self) -> Path:
         """A new name in ``tmp/`` for a file being written in (a download, say)."""
@@ -145,9 +173,11 @@ class Staging:
 
     def release(self, ref: Path, sha256: str) -> None:
         """Drop ``ref`` (its upload is done, or given up); delete the object when no other
-        name is left on it (no other upload, no local artifact root holds it)."""
+        name is left on it (no other upload, no local artifact root holds it). A ref not
+        hashed yet (``sha256`` "") is its own file, gone with its name."""
         ref.unlink(missing_ok=True)
-        self.collect(sha256)
+        if sha256:
+            self.collect(sha256)
 
     def collect(self, sha256: str) -> None:
         """Delete the object of ``sha256`` if nothing but its own name links to it."""

@@ -29,6 +29,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from autolog.artifacts.destinations import destination_for
 from autolog.artifacts.destinations.base import (
@@ -37,7 +38,7 @@ from autolog.artifacts.destinations.base import (
     DestinationUnavailableError,
 )
 from autolog.artifacts.journal import Journal, Upload
-from autolog.artifacts.staging import Staged, Staging
+from autolog.artifacts.staging import Staged, Staging, file_sha256
 from autolog.config import AutologWarning, env_float, settings
 from autolog.stores.base import StoreError
 from autolog.uris import redact_uri, split_credentials
@@ -100,6 +101,27 @@ class Outcome:
     waiting_for_run: bool = False  # stopped at a run its server has not created yet
 
 
+@contextlib.contextmanager
+def _hashing_beside(path: Path) -> Iterator[Callable[[], str]]:
+    """Hash ``path`` on a thread of its own while the block runs (hashlib and the socket
+    both let other threads run); yields a function that gives the sha256 once the block is
+    done. Where no thread can start (an interpreter that is exiting), it hashes after."""
+    found: list[str] = []
+    hasher = threading.Thread(target=lambda: found.append(file_sha256(path)),
+                              name="autolog-hash", daemon=True)
+    try:
+        hasher.start()
+    except RuntimeError:
+        hasher = None
+    try:
+        yield lambda: found[0]
+    finally:
+        if hasher is not None:
+            hasher.join()
+    if not found:
+        found.append(file_sha256(path))
+
+
 class UploadRunner:
     """Sends the uploads of one journal; used by the thread and by ``autolog sync``."""
 
@@ -127,16 +149,30 @@ class UploadRunner:
         if not upload.artifact_uri:
             self.journal.set_artifact_uri(upload.id, artifact_uri)
         destination = self.destination(upload, artifact_uri)
-        if not destination.stored(upload.artifact_path, upload.sha256, upload.size):
-            if not upload.ref.exists():
-                raise ArtifactRefusedError(
-                    f"the staged copy of {upload.artifact_path!r} ({upload.ref}) is gone; it "
-                    "cannot be uploaded")
-            destination.upload(upload.ref, upload.artifact_path, upload.sha256, upload.size,
-                               self.progress)
+        sha256 = upload.sha256
+        if not sha256 and destination.checksum_first:  # hashed here, off the caller's thread
+            sha256 = self.staging.hashed(Staged(self._staged_copy(upload), "", upload.size)).sha256
+            self.journal.set_sha256(upload.id, sha256)
+        if sha256:
+            if not destination.stored(upload.artifact_path, sha256, upload.size):
+                destination.upload(self._staged_copy(upload), upload.artifact_path, sha256,
+                                   upload.size, self.progress)
+        else:  # hashed while it is sent: the upload does not wait for the hash
+            with _hashing_beside(self._staged_copy(upload)) as digest:
+                if not destination.stored(upload.artifact_path, "", upload.size):
+                    destination.upload(upload.ref, upload.artifact_path, "", upload.size,
+                                       self.progress)
+            sha256 = self.staging.hashed(Staged(upload.ref, "", upload.size), digest()).sha256
         self.journal.done(upload.id)
-        self.staging.release(upload.ref, upload.sha256)
+        self.staging.release(upload.ref, sha256)
         return True
+
+    @staticmethod
+    def _staged_copy(upload: Upload) -> Path:
+        if not upload.ref.exists():
+            raise ArtifactRefusedError(f"the staged copy of {upload.artifact_path!r} ({upload.ref}) "
+                                       "is gone; it cannot be uploaded")
+        return upload.ref
 
     def run_pass(self, stop: Callable[[], bool] = lambda: False) -> Outcome:
         """Try every upload not refused yet, in order; stop at the first destination that is

@@ -54,6 +54,10 @@ class Destination(Protocol):
     """A run's artifact location."""
 
     uri: str  # the run's artifact_uri, without credentials
+    # Whether upload() needs the sha256 before it starts (S3 sends it with the object; a
+    # local root links the staged object, which must be merged with its twins first). A
+    # destination that does not is sent a file while its sha256 is computed beside it.
+    checksum_first: bool
 
     def stored(self, artifact_path: str, sha256: str, size: int) -> bool:
         """True if ``artifact_path`` already holds exactly these bytes (as far as the
@@ -64,8 +68,9 @@ class Destination(Protocol):
     def upload(self, source: Path, artifact_path: str, sha256: str, size: int,
                progress: Progress | None = None) -> None:
         """Put the file ``source`` at ``artifact_path``, streamed (never read whole into
-        memory), then verify it. Raises :class:`DestinationUnavailableError` (retry later)
-        or :class:`ArtifactRefusedError` (give up and say why)."""
+        memory), then verify it (``sha256`` is "" when ``checksum_first`` is False).
+        Raises :class:`DestinationUnavailableError` (retry later) or
+        :class:`ArtifactRefusedError` (give up and say why)."""
         ...
 
     def list(self, path: str | None = None) -> list[ArtifactEntry]:

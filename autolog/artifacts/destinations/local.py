@@ -34,6 +34,8 @@ def local_root(uri: str) -> Path:
 
 
 class LocalDestination:
+    checksum_first = True
+
     def __init__(self, uri: str):
         self.uri = uri
         self.root = local_root(uri)

@@ -18,6 +18,8 @@ from autolog.artifacts.destinations.base import (
 
 
 class MlflowRepositoryDestination:
+    checksum_first = False
+
     def __init__(self, artifact_uri: str):
         self.uri = artifact_uri
         try:

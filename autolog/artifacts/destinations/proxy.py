@@ -180,6 +180,8 @@ def _session() -> requests.Session:
 class ProxyDestination:
     """A run's artifacts behind ``mlflow server --serve-artifacts`` (MLflow's default)."""
 
+    checksum_first = False
+
     def __init__(self, artifact_uri: str, tracking_uri: str):
         self._session = _session()
         clean_tracking, self._secrets = authenticate(self._session, tracking_uri)

@@ -95,6 +95,8 @@ def s3_client() -> Any:
 
 
 class S3Destination:
+    checksum_first = True
+
     def __init__(self, uri: str):
         try:
             from boto3.s3.transfer import TransferConfig
