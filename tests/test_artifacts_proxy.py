@@ -361,24 +361,20 @@ def test_a_server_slow_to_read_the_body_waits_the_read_timeout_not_the_connect_t
 LARGE_BLOCKS = 2048  # 2 GiB of 1 MiB blocks
 UPLOADER = textwrap.dedent("""
     import json, sys, time
-    from pathlib import Path
-    from autolog.artifacts.destinations.proxy import ProxyDestination
+    import autolog
 
-    artifact_uri, tracking_uri, source, sha256, size = sys.argv[1:]
-    moved = 0
-
-    def progress(count):
-        global moved
-        moved += count
-
-    destination = ProxyDestination(artifact_uri, tracking_uri)
+    tracking_uri, run_id, source = sys.argv[1:]
+    autolog.set_tracking_uri(tracking_uri)
     started = time.monotonic()
-    destination.upload(Path(source), "large/blocks.bin", sha256, int(size), progress)
+    with autolog.start_run(run_id=run_id):
+        autolog.log_artifact(source, "large")  # staged (copied), then uploaded in the background
+    flushed = autolog.flush(timeout=240)
     # VmHWM, this process's own peak: ru_maxrss keeps the peak of the image before exec,
     # pytest's, when the child is started by vfork.
     with open("/proc/self/status") as status:
         peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    print(json.dumps({"seconds": time.monotonic() - started, "moved": moved, "peak_rss_kib": peak}))
+    print(json.dumps({"seconds": time.monotonic() - started, "flushed": flushed,
+                      "peak_rss_kib": peak}))
 """)
 
 
@@ -399,14 +395,14 @@ def test_a_2_gib_file_streams_with_flat_memory(server_run, sqlite_server, tmp_pa
     source = tmp_path / "blocks.bin"
     sha256 = write_large_file(source, LARGE_BLOCKS)
     size = LARGE_BLOCKS * MIB
-    done = subprocess.run(
-        [sys.executable, "-c", UPLOADER, destination.uri, sqlite_server.uri, str(source), sha256, str(size)],
-        capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", UPLOADER, sqlite_server.uri, run_id, str(source)],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    print(f"2 GiB upload: {report['seconds']:.1f} s, peak RSS {report['peak_rss_kib'] / 1024:.0f} MiB")
-    assert report["moved"] == size
-    assert report["peak_rss_kib"] < 200 * 1000  # 200 MB
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"2 GiB through log_artifact and flush: {report['seconds']:.1f} s, "
+          f"peak RSS {report['peak_rss_kib'] / 1024:.0f} MiB")
+    assert report["flushed"]
+    assert report["peak_rss_kib"] < 200 * 1000  # 200 MB, the logging process's own peak
 
     served = served_path(sqlite_server, run_id, "large/blocks.bin")
     assert served.stat().st_size == size

@@ -243,29 +243,33 @@ def test_an_endpoint_killed_mid_upload_fails_the_attempt_and_the_next_one_succee
 # keeps it across exec), and the parent here is pytest with MLflow loaded (~190 MiB).
 UPLOAD_AND_MEASURE = """
 import json, sys, time
-from pathlib import Path
-from autolog.artifacts.destinations.s3 import S3Destination
-uri, source, sha256, size = sys.argv[1:]
+import autolog
+tracking_uri, run_id, source = sys.argv[1:]
+autolog.set_tracking_uri(tracking_uri)
 started = time.monotonic()
-S3Destination(uri).upload(Path(source), "big.bin", sha256, int(size))
+with autolog.start_run(run_id=run_id):
+    autolog.log_artifact(source)  # staged (copied), then uploaded to S3 in the background
+flushed = autolog.flush(timeout=420)
 seconds = time.monotonic() - started
 with open("/proc/self/status") as status:
     peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
-print(json.dumps({"seconds": seconds, "peak_rss": peak_kib * 1024}))
+print(json.dumps({"seconds": seconds, "flushed": flushed, "peak_rss": peak_kib * 1024}))
 """
 
 
-def test_a_2gb_file_uploads_with_flat_memory_and_arrives_whole(s3_env, mlflow_run, tmp_path):
+def test_a_2gb_file_uploads_with_flat_memory_and_arrives_whole(s3_env, s3_mlflow_server, mlflow_run,
+                                                              tmp_path):
     client, run = mlflow_run
     source, sha256, size = _generate(tmp_path / "big.bin", LARGE_FILE_BYTES // BLOCK)
     finished = subprocess.run(
-        [sys.executable, "-c", UPLOAD_AND_MEASURE, run.info.artifact_uri, str(source), sha256, str(size)],
+        [sys.executable, "-c", UPLOAD_AND_MEASURE, s3_mlflow_server.uri, run.info.run_id, str(source)],
         capture_output=True, text=True, timeout=480)
     assert finished.returncode == 0, finished.stderr[-3000:]
     measured = json.loads(finished.stdout.strip().splitlines()[-1])
     seconds, peak_mib = measured["seconds"], measured["peak_rss"] / 2**20
-    print(f"\n2 GiB to moto's S3: {seconds:.1f} s, {size / seconds / 2**20:.0f} MiB/s, "
-          f"uploading process's peak RSS {peak_mib:.0f} MiB")
+    print(f"\n2 GiB to moto's S3 through log_artifact and flush: {seconds:.1f} s, "
+          f"{size / seconds / 2**20:.0f} MiB/s, the logging process's peak RSS {peak_mib:.0f} MiB")
+    assert measured["flushed"]
     assert measured["peak_rss"] < PEAK_RSS_LIMIT
 
     assert _entries(client.list_artifacts(run.info.run_id)) == [ArtifactEntry("big.bin", False, size)]
