@@ -93,6 +93,18 @@ def test_the_bytes_are_secured_when_the_call_returns(store_uri, tmp_path):
     assert mlflow_bytes(store_uri, run.id, "epoch2/loss.png", tmp_path) == b"epoch 2, rewritten in place"
 
 
+def test_new_bytes_of_the_same_size_replace_the_old_at_the_same_path(store_uri, tmp_path):
+    checkpoint = tmp_path / "last.ckpt"
+    with autolog.start_run() as run:
+        for epoch in range(3):  # the same name and size every epoch, new bytes each time
+            checkpoint.write_bytes(f"epoch {epoch} weights".encode())
+            autolog.log_artifact(checkpoint)
+            autolog.log_dict({"epoch": epoch}, "state.json")
+            assert autolog.flush()
+            assert mlflow_bytes(store_uri, run.id, "last.ckpt", tmp_path) == f"epoch {epoch} weights".encode()
+            assert json.loads(mlflow_bytes(store_uri, run.id, "state.json", tmp_path)) == {"epoch": epoch}
+
+
 def test_a_reference_is_recorded_with_its_checksum(store_uri, tmp_path):
     digest = hashlib.sha256(b"weights").hexdigest()
     with autolog.start_run() as run:

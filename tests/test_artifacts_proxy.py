@@ -455,6 +455,16 @@ def test_the_api_logs_to_the_server_and_mlflows_client_reads_it(sqlite_server, t
     assert autolog.flush()
     assert put_requests(sqlite_server, f"{run_id}/artifacts/models/model.bin") == 1
 
+    # New bytes of the same size to the same place (a checkpoint saved every epoch): the
+    # proxy lists only sizes, so they are sent, and MLflow reads the new ones.
+    newer = write_file(tmp_path / "model.bin", os.urandom(5 * MIB + 1))
+    with autolog.start_run(run_id=run_id):
+        autolog.log_artifact(newer, "models")
+    assert autolog.flush()
+    assert put_requests(sqlite_server, f"{run_id}/artifacts/models/model.bin") == 2
+    local = client.download_artifacts(run_id, "models/model.bin", str(tmp_path / "mlflow-newer"))
+    assert Path(local).read_bytes() == newer.read_bytes()
+
 
 KILLED_UPLOADER = textwrap.dedent("""
     import sys, autolog

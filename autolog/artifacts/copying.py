@@ -5,6 +5,7 @@ flat: files are streamed, one at a time."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,7 +13,8 @@ from autolog.artifacts.destinations import destination_for
 from autolog.artifacts.destinations.local import LocalDestination
 from autolog.artifacts.reading import files_under
 from autolog.artifacts.staging import Staging
-from autolog.artifacts.uploader import with_credentials
+from autolog.artifacts.uploader import already_there, with_credentials
+from autolog.stores.spool.spool_file import lock_file
 
 Progress = Callable[[int], object]
 
@@ -34,6 +36,9 @@ def copy_artifacts(source_uri: str, source_tracking: str, dest_uri: str, dest_tr
         return CopiedArtifacts()
     dest = destination_for(dest_uri, with_credentials(dest_tracking))
     owner = f"copy-{staging.partial_path().name}"
+    journals = staging.root / "journals"
+    journals.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock_fd = lock_file(journals / f"{owner}.lock")  # held: a concurrent sweep leaves our refs
     copied = CopiedArtifacts()
     try:
         for path, _size in files:
@@ -43,15 +48,24 @@ def copy_artifacts(source_uri: str, source_tracking: str, dest_uri: str, dest_tr
                 partial = staging.partial_path()
                 source.download(path, partial)
                 staged = staging.adopt_file(partial, owner)
+            location = f"{dest_uri}/{path}"
             try:
-                if dest.stored(path, staged.sha256, staged.size):
+                if already_there(dest, path, staged.sha256, staged.size, staging.sent_before(location)):
                     copied.present += 1
                     continue
                 dest.upload(staged.ref, path, staged.sha256, staged.size, progress)
+                staging.record_sent(location, staged.sha256, staged.size)
                 copied.files += 1
                 copied.size += staged.size
             finally:
                 staging.release(staged.ref, staged.sha256)
     finally:
         staging.drop_owner(owner)
+        if lock_fd is not None:
+            os.close(lock_fd)
+            (journals / f"{owner}.lock").unlink(missing_ok=True)
+        for opened in (source, dest):
+            close = getattr(opened, "close", None)
+            if close is not None:
+                close()
     return copied

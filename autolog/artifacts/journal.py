@@ -138,12 +138,20 @@ class Journal:
                 self._conn.execute("UPDATE uploads SET attempts = attempts + 1, error = ? "
                                    "WHERE id = ?", (error, upload_id))
 
-    def done(self, upload_id: int) -> None:
-        """Forget a finished upload. After :meth:`close` (an upload that finished while the
-        process exited) the row stays: ``autolog sync`` finds the file there and skips it."""
+    def done(self, upload_id: int) -> bool:
+        """Forget a finished upload; True when the row went. After :meth:`close` (an upload
+        that finished while the process exited) the row stays, and so must its staged copy:
+        ``autolog sync`` finds the file there and skips it."""
         with self._mutex:
-            if not self._closed:
-                self._conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+            if self._closed:
+                return False
+            return self._conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,)).rowcount > 0
+
+    def release_after_fork(self) -> None:
+        """In a forked child: drop the inherited lock (the parent keeps it) and leave the
+        connection alone (it is the parent's)."""
+        os.close(self._lock_fd)
+        self._closed = True
 
     def close(self, remove: bool) -> None:
         """Close the file and its lock; with ``remove``, delete both (nothing is owed)."""

@@ -7,7 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from autolog.artifacts.destinations import destination_for
-from autolog.artifacts.destinations.base import ArtifactEntry, ArtifactNotFoundError, Destination
+from autolog.artifacts.destinations.base import (
+    ArtifactEntry,
+    ArtifactError,
+    ArtifactNotFoundError,
+    Destination,
+)
 from autolog.artifacts.paths import check_artifact_path
 from autolog.artifacts.uploader import with_credentials
 
@@ -43,7 +48,9 @@ def download(where: Destination, path: object, dst: object = None,
 
 
 def files_under(where: Destination, artifact_path: str) -> list[tuple[str, int | None]]:
-    """The files at or under ``artifact_path``, with their sizes."""
+    """The files at or under ``artifact_path``, with their sizes. A listed path that is
+    absolute or climbs out with ``..`` (an S3 key can be anything) is an error: it would
+    be written outside the folder a download or a copy writes into."""
     parent = artifact_path.rpartition("/")[0]
     if artifact_path:
         for entry in where.list(parent or None):
@@ -52,6 +59,11 @@ def files_under(where: Destination, artifact_path: str) -> list[tuple[str, int |
     files, folders = [], [artifact_path]
     while folders:
         for entry in where.list(folders.pop() or None):
+            try:
+                if check_artifact_path(entry.path) != entry.path:
+                    raise ValueError(f"{entry.path!r} is not in its normal form")
+            except ValueError as exc:
+                raise ArtifactError(f"{where.uri} lists an unsafe artifact path: {exc}") from None
             if entry.is_dir:
                 folders.append(entry.path)
             else:

@@ -19,7 +19,7 @@ from autolog.artifacts.staging import Staging
 from autolog.artifacts.uploader import Outcome, UploadRunner, human_size, with_credentials
 from autolog.stores.base import StoreError
 from autolog.stores.spool.sender import LOCAL_RUN_ID_TAG
-from autolog.stores.spool.spool_file import OFFLINE_RUN_PREFIX
+from autolog.stores.spool.spool_file import OFFLINE_RUN_PREFIX, lock_file
 
 ProgressFactory = Callable[[int, str], "Callable[[int], None] | None"]  # (bytes, name)
 
@@ -80,7 +80,10 @@ def send_journals(staging: Staging, progress: ProgressFactory | None = None) -> 
         uploads = journal.pending()
         if progress is not None and uploads:
             runner.progress = progress(sum(upload.size for upload in uploads), path.name)
-        result = JournalOutcome(path, outcome=runner.run_pass())
+        try:
+            result = JournalOutcome(path, outcome=runner.run_pass())
+        finally:
+            runner.close()
         journal.close(remove=result.complete)
         if result.complete:
             staging.drop_owner(journal.name)
@@ -94,11 +97,22 @@ def sweep(staging: Staging) -> None:
     """Delete what no one needs: objects nothing links to any more (their uploads are done
     and no local artifact root holds them), refs of journals that are gone, and partial
     copies of processes that died while copying."""
-    journals = {path.stem for path in journal_files(staging.root / "journals")}
+    folder = staging.root / "journals"
+    journals = {path.stem for path in journal_files(folder)}
     if staging.refs.is_dir():
         for owner in staging.refs.iterdir():
-            if owner.name not in journals:
-                staging.drop_owner(owner.name)
+            if owner.name in journals:
+                continue
+            lock = folder / f"{owner.name}.lock"
+            fd = lock_file(lock) if folder.is_dir() else None
+            if fd is None:  # a live process (a journal being made, a copy) holds its refs
+                continue
+            try:
+                if not (folder / f"{owner.name}.db").exists():
+                    staging.drop_owner(owner.name)
+            finally:
+                os.close(fd)
+                lock.unlink(missing_ok=True)
     if staging.tmp.is_dir():
         for partial in staging.tmp.iterdir():
             pid = partial.name.partition("-")[0]

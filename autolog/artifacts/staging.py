@@ -32,7 +32,9 @@ import hashlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,12 +49,15 @@ def default_staging_dir() -> Path:
     return Path(configured) if configured else default_spool_dir() / "artifacts"
 
 
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read 1 MiB at a time (hashlib lets other threads run)."""
+def file_sha256(path: Path, progress: Callable[[int], object] | None = None) -> str:
+    """The sha256 of a file, read 1 MiB at a time (hashlib lets other threads run);
+    ``progress`` is told of each block (a long hash is progress, for an exit that waits)."""
     digest = hashlib.sha256()
     with open(path, "rb") as reader:
         while block := reader.read(BLOCK):
             digest.update(block)
+            if progress is not None:
+                progress(0)
     return digest.hexdigest()
 
 
@@ -72,6 +77,8 @@ class Staging:
         self.objects = self.root / "objects"
         self.refs = self.root / "refs"
         self.tmp = self.root / "tmp"
+        self._sent: sqlite3.Connection | None = None
+        self._sent_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Staging({str(self.root)!r})"
@@ -86,7 +93,10 @@ class Staging:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            os.close(fd)  # closing releases the lock
+            # unlocked before the close: a child forked meanwhile shares the lock, which a
+            # close alone would leave held until the child exits
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def _prepare(self, owner: str) -> Path:
         for folder in (self.objects, self.tmp, self.refs / owner):
@@ -108,7 +118,34 @@ class Staging:
             ref.unlink(missing_ok=True)
             raise
 
-    def hashed(self, staged: Staged, sha256: str = "") -> Staged:
+    # -- what was sent where (for destinations that keep no checksum) -----------------------
+
+    def _sent_db(self) -> sqlite3.Connection:
+        if self._sent is None:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            conn = sqlite3.connect(str(self.root / "sent.db"), timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("CREATE TABLE IF NOT EXISTS sent (location TEXT PRIMARY KEY, "
+                         "sha256 TEXT NOT NULL, size INTEGER NOT NULL)")
+            self._sent = conn
+        return self._sent
+
+    def sent_before(self, location: str) -> tuple[str, int] | None:
+        """The sha256 and size of what this machine last uploaded to ``location`` (an
+        artifact's full URI), or None."""
+        with self._sent_lock:
+            row = self._sent_db().execute("SELECT sha256, size FROM sent WHERE location = ?",
+                                          (location,)).fetchone()
+        return (row[0], int(row[1])) if row else None
+
+    def record_sent(self, location: str, sha256: str, size: int) -> None:
+        with self._sent_lock:
+            self._sent_db().execute("INSERT OR REPLACE INTO sent VALUES (?, ?, ?)",
+                                    (location, sha256, size))
+
+    def hashed(self, staged: Staged, sha256: str = "",
+               progress: Callable[[int], object] | None = None) -> Staged:
         """``staged`` with its sha256, its ref made a name of the object of its content: a
         ref :meth:`secure_file` made is hashed now (unless ``sha256`` says what it is),
         and when an object with the same content exists the ref becomes another name of
@@ -116,7 +153,7 @@ class Staging:
         objects' names come back as they are."""
         if staged.sha256:
             return staged
-        sha256 = sha256 or file_sha256(staged.ref)
+        sha256 = sha256 or file_sha256(staged.ref, progress)
         target = self.object_path(sha256)
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self._locked():

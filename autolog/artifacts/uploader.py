@@ -35,7 +35,6 @@ from autolog.artifacts.destinations import destination_for
 from autolog.artifacts.destinations.base import (
     ArtifactRefusedError,
     Destination,
-    DestinationUnavailableError,
 )
 from autolog.artifacts.journal import Journal, Upload
 from autolog.artifacts.staging import Staged, Staging, file_sha256
@@ -45,6 +44,7 @@ from autolog.uris import redact_uri, split_credentials
 
 BACKOFF_MAX_S = 30.0
 RESOLVE_PAUSE_S = 1.0  # how often to ask again for the artifact URI of a run still offline
+KEPT_DESTINATIONS = 8  # destinations (and their connection pools) a runner keeps open
 KICK_INTERVAL_S = 1.0  # while someone waits for the uploads, they are tried this often
 
 # The artifact URI of an upload's run, or None while the run has none yet (offline).
@@ -122,6 +122,23 @@ def _hashing_beside(path: Path) -> Iterator[Callable[[], str]]:
         found.append(file_sha256(path))
 
 
+def already_there(destination: Destination, artifact_path: str, sha256: str, size: int,
+                  sent_before: tuple[str, int] | None) -> bool:
+    """Whether ``destination`` holds these bytes at ``artifact_path``, so that they need not
+    be sent. A destination that keeps a checksum (S3's metadata, a local file it can hash)
+    says so itself; one that keeps only sizes (the proxy) is trusted only for what this
+    machine sent there (``sent_before``): a file of the same size is not the same file."""
+    if not destination.checksum_first and sent_before != (sha256, size):
+        return False
+    return destination.stored(artifact_path, sha256, size)
+
+
+def _close(destination: Destination) -> None:
+    close = getattr(destination, "close", None)
+    if close is not None:
+        close()
+
+
 class UploadRunner:
     """Sends the uploads of one journal; used by the thread and by ``autolog sync``."""
 
@@ -134,11 +151,20 @@ class UploadRunner:
         self.progress: Callable[[int], None] | None = None
 
     def destination(self, upload: Upload, artifact_uri: str) -> Destination:
-        destination = self._destinations.get(artifact_uri)
+        """The destination of ``artifact_uri``, kept for the uploads that follow (a few of
+        them: each may hold a connection pool)."""
+        destination = self._destinations.pop(artifact_uri, None)
         if destination is None:
             destination = destination_for(artifact_uri, with_credentials(upload.tracking_uri))
-            self._destinations[artifact_uri] = destination
+        self._destinations[artifact_uri] = destination  # the most recent last
+        while len(self._destinations) > KEPT_DESTINATIONS:
+            _close(self._destinations.pop(next(iter(self._destinations))))
         return destination
+
+    def close(self) -> None:
+        for destination in self._destinations.values():
+            _close(destination)
+        self._destinations.clear()
 
     def send(self, upload: Upload) -> bool:
         """Try one upload. True when it is done (sent and verified, or already there);
@@ -149,22 +175,26 @@ class UploadRunner:
         if not upload.artifact_uri:
             self.journal.set_artifact_uri(upload.id, artifact_uri)
         destination = self.destination(upload, artifact_uri)
+        location = f"{artifact_uri}/{upload.artifact_path}"
         sha256 = upload.sha256
-        if not sha256 and destination.checksum_first:  # hashed here, off the caller's thread
-            sha256 = self.staging.hashed(Staged(self._staged_copy(upload), "", upload.size)).sha256
+        previous = self.staging.sent_before(location)
+        if not sha256 and (destination.checksum_first or (previous and previous[1] == upload.size)):
+            # hashed here, off the caller's thread: the destination needs it first, or it
+            # decides whether the bytes this machine sent there before are these
+            staged = Staged(self._staged_copy(upload), "", upload.size)
+            sha256 = self.staging.hashed(staged, progress=self.progress).sha256
             self.journal.set_sha256(upload.id, sha256)
         if sha256:
-            if not destination.stored(upload.artifact_path, sha256, upload.size):
+            if not already_there(destination, upload.artifact_path, sha256, upload.size, previous):
                 destination.upload(self._staged_copy(upload), upload.artifact_path, sha256,
                                    upload.size, self.progress)
         else:  # hashed while it is sent: the upload does not wait for the hash
             with _hashing_beside(self._staged_copy(upload)) as digest:
-                if not destination.stored(upload.artifact_path, "", upload.size):
-                    destination.upload(upload.ref, upload.artifact_path, "", upload.size,
-                                       self.progress)
+                destination.upload(upload.ref, upload.artifact_path, "", upload.size, self.progress)
             sha256 = self.staging.hashed(Staged(upload.ref, "", upload.size), digest()).sha256
-        self.journal.done(upload.id)
-        self.staging.release(upload.ref, sha256)
+        self.staging.record_sent(location, sha256, upload.size)
+        if self.journal.done(upload.id):  # else the journal closed meanwhile: sync finishes it
+            self.staging.release(upload.ref, sha256)
         return True
 
     @staticmethod
@@ -175,15 +205,18 @@ class UploadRunner:
         return upload.ref
 
     def run_pass(self, stop: Callable[[], bool] = lambda: False) -> Outcome:
-        """Try every upload not refused yet, in order; stop at the first destination that is
-        down (the rest most likely go there too)."""
+        """Try every upload not refused yet, in order. After a destination that is down,
+        the rest wait for the next pass (they most likely go there too); uploads of a run
+        its server has not created yet wait, and the others go on."""
         outcome = Outcome()
+        waiting_runs: set[str] = set()
         for upload in self.journal.pending():
             if upload.id in self.refused:
                 outcome.refused += 1
                 outcome.left_bytes += upload.size
                 continue
-            if stop() or outcome.reason is not None:
+            if stop() or (outcome.reason is not None and not outcome.waiting_for_run) \
+                    or upload.run_id in waiting_runs:
                 outcome.left += 1
                 outcome.left_bytes += upload.size
                 continue
@@ -191,6 +224,7 @@ class UploadRunner:
                 if self.send(upload):
                     outcome.sent += 1
                     continue
+                waiting_runs.add(upload.run_id)
                 outcome.reason = outcome.reason or f"run {upload.run_id} is not on its server yet"
                 outcome.waiting_for_run = True
             except ArtifactRefusedError as exc:
@@ -199,9 +233,11 @@ class UploadRunner:
                 outcome.refused += 1
                 outcome.left_bytes += upload.size
                 continue
-            except (DestinationUnavailableError, StoreError, OSError) as exc:
-                self.journal.note_failure(upload.id, str(exc))
-                outcome.reason = redact_uri(str(exc))
+            except Exception as exc:  # down, full, or a defect: tried again on a later pass
+                why = str(exc) if isinstance(exc, (StoreError, OSError)) else f"{type(exc).__name__}: {exc}"
+                self.journal.note_failure(upload.id, why)
+                outcome.reason = redact_uri(why)
+                outcome.waiting_for_run = False
             outcome.left += 1
             outcome.left_bytes += upload.size
         return outcome
@@ -215,6 +251,7 @@ class Uploader:
         self.staging = staging if staging is not None else Staging()
         self.exit_timeout = env_float("AUTOLOG_EXIT_TIMEOUT", 10.0)
         self.total_exit_timeout = env_float("AUTOLOG_ARTIFACT_EXIT_TIMEOUT", 600.0)
+        self._inherited: Journal | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -223,18 +260,24 @@ class Uploader:
         self._runner: UploadRunner | None = None
         self._runs: dict[str, Callable[[], str | None]] = {}  # run id -> its artifact URI, when known
         self._thread: threading.Thread | None = None
+        self._setup = threading.Lock()  # one journal and one thread, whichever thread logs first
         self._kick = threading.Event()
         self._stopping = False
         self._changed = threading.Condition()  # notified after every attempt and every byte batch
         self._last: Outcome = Outcome()
-        self._moved = 0  # bytes moved so far (progress, for the exit wait)
+        self._moved = 0  # bytes moved so far
+        self._ticks = 0  # progress reports so far (a byte moved or a block hashed): the exit wait
         self._warned: set[int] = set()
         self._outage_warned = False
 
     def after_fork_in_child(self) -> None:
         """A forked child starts with no journal and no thread: the parent's uploads stay
-        the parent's."""
+        the parent's (the child lets go of the inherited lock on the parent's journal, so
+        that ``autolog sync`` can take it once the parent is gone)."""
         if self._pid != os.getpid():
+            if self._journal is not None:
+                self._journal.release_after_fork()
+                self._inherited = self._journal  # kept: closing its connection is the parent's
             self._reset()
 
     # -- the caller's side ---------------------------------------------------------------
@@ -244,11 +287,13 @@ class Uploader:
         return self._open().name
 
     def _open(self) -> Journal:
-        if self._journal is None:
-            self._journal = Journal.create(self.staging.root / "journals")
-            self._runner = UploadRunner(self._journal, self.staging, self._resolve)
-            self._runner.progress = self._moved_bytes
-        return self._journal
+        with self._setup:
+            if self._journal is None:
+                journal = Journal.create(self.staging.root / "journals")
+                self._runner = UploadRunner(journal, self.staging, self._resolve)
+                self._runner.progress = self._moved_bytes
+                self._journal = journal
+            return self._journal
 
     def submit(self, target: RunTarget, files: list[tuple[str, Staged]]) -> None:
         """Record the uploads of ``files`` (artifact path, staged bytes) to one run,
@@ -263,7 +308,9 @@ class Uploader:
         return known() if known is not None else None
 
     def _moved_bytes(self, count: int) -> None:
+        """Progress: ``count`` bytes sent (0: a block hashed, which is progress too)."""
         self._moved += count
+        self._ticks += 1
         with self._changed:
             self._changed.notify_all()
 
@@ -271,7 +318,9 @@ class Uploader:
 
     def _start(self) -> None:
         self._kick.set()
-        if self._thread is None or not self._thread.is_alive():
+        with self._setup:
+            if self._thread is not None and self._thread.is_alive():
+                return
             # Loaded here, on the caller's thread: the exit wait runs in an atexit handler,
             # after threading's own shutdown, when this import raises "can't register atexit
             # after shutdown", and a destination's library (s3transfer) imports it.
@@ -348,7 +397,7 @@ class Uploader:
             if all(upload.id in refused for upload in uploads):
                 return False
             now = time.monotonic()
-            state = (self._moved, len(uploads))
+            state = (self._ticks, len(uploads))
             if state != last_state:
                 last_progress, last_state = now, state
             if deadline is not None and now >= deadline:
@@ -383,6 +432,8 @@ class Uploader:
         self._stopping = True
         self._kick.set()
         line = self.describe_left()
+        if self._runner is not None:
+            self._runner.close()
         journal, self._journal = self._journal, None
         journal.close(remove=line is None)
         if line is None:

@@ -21,6 +21,7 @@ from autolog.artifacts.destinations.base import (
     Progress,
     VerificationError,
 )
+from autolog.artifacts.staging import file_sha256
 
 COPY_CHUNK = 1 << 20
 
@@ -47,9 +48,10 @@ class LocalDestination:
         return self.root / artifact_path if artifact_path else self.root
 
     def stored(self, artifact_path: str, sha256: str, size: int) -> bool:
-        # The size only: a local file this process did not put there is not hashed again.
+        """The same size and the same sha256 (hashed only when the sizes agree)."""
+        target = self._path(artifact_path)
         try:
-            return self._path(artifact_path).stat().st_size == size
+            return target.stat().st_size == size and file_sha256(target) == sha256
         except OSError:
             return False
 

@@ -135,7 +135,10 @@ class S3Destination:
             raise error from None
 
     def stored(self, artifact_path: str, sha256: str, size: int) -> bool:
-        head = self._head(artifact_path)
+        try:
+            head = self._head(artifact_path)
+        except ArtifactRefusedError:  # without s3:ListBucket, S3 answers 403 for a missing
+            return False  # key: the PUT that follows says whether writing is allowed
         return head is not None and _holds(head, sha256, size)
 
     def upload(self, source: Path, artifact_path: str, sha256: str, size: int,
