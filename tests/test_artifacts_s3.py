@@ -23,12 +23,14 @@ import autolog
 from autolog.artifacts.destinations import destination_for
 from autolog.artifacts.destinations.base import (
     ArtifactEntry,
+    ArtifactError,
     ArtifactNotFoundError,
     ArtifactRefusedError,
     DestinationUnavailableError,
     VerificationError,
 )
 from autolog.artifacts.destinations.s3 import MULTIPART_THRESHOLD, PART_SIZE, S3Destination
+from autolog.artifacts.reading import download, files_under
 from autolog.cli import main
 
 pytest_plugins = ("mlflow_server", "s3_server")
@@ -99,6 +101,23 @@ def test_what_autolog_uploads_mlflow_lists_and_downloads(mlflow_run, tmp_path):
         ours.parent.mkdir(parents=True, exist_ok=True)
         destination.download(artifact_path, ours)
         assert ours.read_bytes() == data
+
+
+def test_a_key_that_climbs_out_of_the_run_is_never_written_outside_the_download(
+        s3_env, mlflow_run, tmp_path):
+    """An S3 key can be anything: ``<run>/artifacts/../escaped.txt`` lists as a folder
+    ``..``. A download of the run refuses it rather than write outside its folder."""
+    client, run = mlflow_run
+    root = run.info.artifact_uri.removeprefix(f"s3://{BUCKET}/")
+    s3_env.client().put_object(Bucket=BUCKET, Key=f"{root}/../escaped.txt", Body=b"out")
+    s3_env.client().put_object(Bucket=BUCKET, Key=f"{root}/fine.txt", Body=b"in")
+    destination = S3Destination(run.info.artifact_uri)
+    with pytest.raises(ArtifactError, match="unsafe artifact path"):
+        files_under(destination, "")
+    with pytest.raises(ArtifactError, match="unsafe artifact path"):
+        download(destination, "", tmp_path / "dl" / "inner")
+    assert not list((tmp_path / "dl").rglob("*.txt"))  # nothing written, inside or out
+    s3_env.client().delete_object(Bucket=BUCKET, Key=f"{root}/../escaped.txt")
 
 
 def test_what_mlflow_logged_autolog_lists_and_downloads(mlflow_run, tmp_path):
