@@ -47,9 +47,10 @@ from autolog.artifacts.staging import Staging, default_staging_dir
 from autolog.artifacts.uploader import human_size
 from autolog.stores import open_store
 from autolog.stores.base import RUNNING, Experiment, MetricRow, RunRecord, Store, StoreError
+from autolog.stores.local_files import default_spool_dir
 from autolog.stores.mlflow_file import MlflowFileStore, is_file_store_uri
 from autolog.stores.mlflow_rest import MlflowRestClient
-from autolog.stores.spool.spool_file import default_spool_dir, spool_files
+from autolog.stores.spool.spool_file import spool_files
 from autolog.stores.spool.sync_support import (
     SpoolOutcome,
     SpoolPlan,

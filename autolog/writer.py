@@ -340,7 +340,7 @@ class Fallback:
 
     @staticmethod
     def directory() -> Path:
-        from autolog.stores.spool.spool_file import default_spool_dir
+        from autolog.stores.local_files import default_spool_dir
 
         return default_spool_dir()
 

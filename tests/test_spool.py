@@ -24,11 +24,12 @@ from click.testing import CliRunner
 import autolog
 from autolog.cli import main
 from autolog.stores import close_all, open_store
+from autolog.stores.local_files import default_spool_dir
 from autolog.stores.mlflow_rest import MlflowRestClient
 from autolog.stores.spool.remote import SpoolStore
 from autolog.stores.spool.rows import pack_rows, unpack_rows
 from autolog.stores.spool.sender import LOCAL_RUN_ID_TAG
-from autolog.stores.spool.spool_file import SpoolFile, default_spool_dir, sync_command
+from autolog.stores.spool.spool_file import SpoolFile, sync_command
 
 pytest_plugins = ("mlflow_server",)
 pytestmark = pytest.mark.usefixtures("spool_dir")

@@ -14,7 +14,7 @@ from autolog.artifacts.destinations.local import LocalDestination
 from autolog.artifacts.reading import files_under
 from autolog.artifacts.staging import Staging
 from autolog.artifacts.uploader import already_there, with_credentials
-from autolog.stores.spool.spool_file import lock_file
+from autolog.stores.local_files import lock_file
 
 Progress = Callable[[int], object]
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autolog.stores.base import StoreError
-from autolog.stores.spool.spool_file import lock_file
+from autolog.stores.local_files import lock_file
 
 SUFFIX = ".db"
 _SCHEMA = """

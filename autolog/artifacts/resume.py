@@ -18,8 +18,9 @@ from autolog.artifacts.journal import Journal, Upload, journal_files
 from autolog.artifacts.staging import Staging
 from autolog.artifacts.uploader import Outcome, UploadRunner, human_size, with_credentials
 from autolog.stores.base import StoreError
+from autolog.stores.local_files import lock_file
 from autolog.stores.spool.sender import LOCAL_RUN_ID_TAG
-from autolog.stores.spool.spool_file import OFFLINE_RUN_PREFIX, lock_file
+from autolog.stores.spool.spool_file import OFFLINE_RUN_PREFIX
 
 ProgressFactory = Callable[[int, str], "Callable[[int], None] | None"]  # (bytes, name)
 

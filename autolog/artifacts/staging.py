@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from autolog.stores.spool.spool_file import default_spool_dir
+from autolog.stores.local_files import default_spool_dir
 
 STAGING_DIR_ENV = "AUTOLOG_STAGING_DIR"
 BLOCK = 1 << 20

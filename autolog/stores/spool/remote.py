@@ -53,6 +53,7 @@ from autolog.stores.base import (
     RunRecord,
     StoreError,
 )
+from autolog.stores.local_files import default_spool_dir
 from autolog.stores.mlflow_rest import (
     MlflowRestClient,
     MlflowRestError,
@@ -73,7 +74,6 @@ from autolog.stores.spool.spool_file import (
     Batch,
     OfflineRun,
     SpoolFile,
-    default_spool_dir,
     sync_command,
 )
 

@@ -19,7 +19,6 @@ waits on.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import secrets
@@ -34,10 +33,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 from autolog.stores.base import StoreError
+from autolog.stores.local_files import lock_file
 from autolog.stores.spool.rows import UNSENDABLE, UNSENDABLE_MARK, Entry, checksum
 from autolog.stores.sqlite_file import transaction
 
-SPOOL_DIR_ENV = "AUTOLOG_SPOOL_DIR"
 OFFLINE_RUN_PREFIX = "offline-"  # the local id of a run started while its server did not answer
 SCHEMA_VERSION = 2  # 2: batches carry a checksum
 READABLE_VERSIONS = (1, 2)
@@ -72,10 +71,6 @@ CREATE TABLE batches (
 );
 CREATE INDEX batches_by_run ON batches(run_key);
 """
-
-
-def default_spool_dir() -> Path:
-    return Path(os.environ.get(SPOOL_DIR_ENV) or Path.home() / ".autolog" / "spool")
 
 
 def sync_command(spool_dir: Path) -> str:
@@ -161,18 +156,6 @@ class RunPlan:
     batches: int
     points: int  # metric points
     status: str | None  # the status it would be ended with, if the spool holds one
-
-
-def lock_file(path: Path) -> int | None:
-    """An fd holding an exclusive ``flock`` on ``path`` (created if missing), or None when
-    another process holds it. The kernel releases it when the holder dies, even by SIGKILL."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
 
 
 class SpoolFile:
