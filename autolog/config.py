@@ -94,6 +94,16 @@ def users_stacklevel(default: int = 2) -> int:
     return default
 
 
+def warn_from_thread(message: str) -> None:
+    """A warning from one of autolog's background threads (the spool's sender, the
+    artifact uploader). Where warnings are errors (a strict test run) the error must not
+    stop the thread, so it ends here."""
+    try:
+        warnings.warn(f"autolog: {message}", AutologWarning, stacklevel=2)
+    except Warning:
+        pass
+
+
 def warn(message: str) -> None:
     """An autolog warning that ``silent=True`` hides (failed writes are never hidden),
     pointing at the user's line."""

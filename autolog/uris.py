@@ -39,6 +39,16 @@ def without_password(uri: str) -> str:
     return f"{match['head'] or ''}{user + '@' if user else ''}{host}{uri[match.end():]}"
 
 
+def with_configured_credentials(uri: str, configured: str | None) -> str:
+    """``uri`` as a spool or an upload journal records it (a database's without its
+    password, a server's without credentials), given them back by the ``configured``
+    tracking URI when that names the same database or server; else ``uri`` unchanged."""
+    if configured and configured != uri and uri in (without_password(configured),
+                                                    split_credentials(configured)[0]):
+        return configured
+    return uri
+
+
 def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
     """``uri`` without ``user:password@``, and the user and password it carried,
     percent-decoded (``p%40ss`` is the password ``p@ss``)."""

@@ -26,7 +26,6 @@ import os
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +37,9 @@ from autolog.artifacts.destinations.base import (
 )
 from autolog.artifacts.journal import Journal, Upload
 from autolog.artifacts.staging import Staged, Staging, file_sha256
-from autolog.config import AutologWarning, env_float, settings
+from autolog.config import env_float, settings, warn_from_thread
 from autolog.stores.base import StoreError
-from autolog.uris import redact_uri, split_credentials
+from autolog.uris import redact_uri, with_configured_credentials
 
 BACKOFF_MAX_S = 30.0
 RESOLVE_PAUSE_S = 1.0  # how often to ask again for the artifact URI of a run still offline
@@ -51,22 +50,9 @@ KICK_INTERVAL_S = 1.0  # while someone waits for the uploads, they are tried thi
 Resolver = Callable[[Upload], "str | None"]
 
 
-def warn_from_thread(message: str) -> None:
-    """A warning from a background thread; where warnings are errors (a strict test run)
-    the error must not stop the thread, so it ends here."""
-    try:
-        warnings.warn(f"autolog: {message}", AutologWarning, stacklevel=2)
-    except Warning:
-        pass
-
-
 def with_credentials(uri: str) -> str:
-    """``uri`` with the credentials of the configured tracking URI when that names the same
-    server (a journal records URIs without them)."""
-    configured = settings.resolved_tracking_uri()
-    if configured != uri and split_credentials(configured)[0] == uri:
-        return configured
-    return uri
+    """``uri`` (as a journal records it) with the configured tracking URI's credentials."""
+    return with_configured_credentials(uri, settings.resolved_tracking_uri())
 
 
 def human_size(size: float) -> str:

@@ -32,6 +32,7 @@ from autolog.artifacts.destinations.base import (
     Progress,
     VerificationError,
 )
+from autolog.config import env_flag
 
 MULTIPART_THRESHOLD = 64 << 20  # larger files go up in parts, retried part by part
 PART_SIZE = 16 << 20  # s3transfer raises it for files over ~160 GB (S3 allows 10,000 parts)
@@ -62,10 +63,6 @@ _clients: dict[tuple, Any] = {}
 _clients_lock = threading.Lock()
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true")
-
-
 def s3_client() -> Any:
     """The boto3 S3 client for the endpoint and credentials the environment names now.
 
@@ -76,7 +73,7 @@ def s3_client() -> Any:
     from botocore.config import Config
 
     endpoint_url = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
-    verify = False if _env_flag("MLFLOW_S3_IGNORE_TLS") else None
+    verify = False if env_flag("MLFLOW_S3_IGNORE_TLS") else None
     addressing_style = os.environ.get("MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE", "auto")
     aws_settings = tuple(sorted((name, value) for name, value in os.environ.items()
                                 if name.startswith("AWS_")))

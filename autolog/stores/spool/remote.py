@@ -42,7 +42,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from autolog.config import AutologWarning, env_float, users_stacklevel
+from autolog.config import AutologWarning, env_float, users_stacklevel, warn_from_thread
 from autolog.stores.base import (
     RUNNING,
     Experiment,
@@ -91,15 +91,6 @@ def _exit_timeout() -> float:
 
 def _warn(message: str) -> None:
     warnings.warn(f"autolog: {message}", AutologWarning, stacklevel=users_stacklevel(3))
-
-
-def _warn_from_thread(message: str) -> None:
-    """A warning from the sender thread. Where warnings are turned into errors (a strict
-    test run) the error must not stop the thread, so it ends here."""
-    try:
-        warnings.warn(f"autolog: {message}", AutologWarning, stacklevel=2)
-    except Warning:
-        pass
 
 
 class SpoolStore:
@@ -179,7 +170,7 @@ class SpoolStore:
         if self._spool_problem is None:
             self._spool_problem = f"{type(exc).__name__}: {exc}"
             where = self._spool.path if self._spool is not None else self.spool_dir
-            _warn_from_thread(
+            warn_from_thread(
                 f"the spool {where} cannot be written ({self._spool_problem}); data goes "
                 f"straight to {self.uri} while it answers, and is kept in memory and retried "
                 "while it does not")
@@ -194,7 +185,7 @@ class SpoolStore:
                     self._thread.start()
 
     def _send_loop(self, spool: SpoolFile) -> None:
-        sender = Sender(spool, self.client, _warn_from_thread)
+        sender = Sender(spool, self.client, warn_from_thread)
         delay = 0.0
         down = False  # the last attempt found the server not taking data
         while not self._stopping.is_set():
@@ -218,11 +209,11 @@ class SpoolStore:
                 if self._stopping.is_set():
                     return
                 if not down:
-                    _warn_from_thread(f"sending the spool {spool.path} failed "
+                    warn_from_thread(f"sending the spool {spool.path} failed "
                                       f"({type(exc).__name__}: {exc}); retrying")
                 elif not self._warned_outage:
                     self._warned_outage = True
-                    _warn_from_thread(
+                    warn_from_thread(
                         f"{self.uri} does not take data now ({exc}); it stays in the spool "
                         f"{spool.path} and is sent when the server answers (or with "
                         f"`{sync_command(self.spool_dir)}`)")
@@ -236,7 +227,7 @@ class SpoolStore:
             if self._warned_outage and not spool.sendable():  # not when stopped half-way
                 self._warned_outage = False
                 left = spool.backlog()
-                _warn_from_thread(f"{self.uri} answers again; the spooled data was sent" + (
+                warn_from_thread(f"{self.uri} answers again; the spooled data was sent" + (
                     "" if left.empty else f"; kept in {spool.path}: {left.describe()}"))
 
     def _progressed(self, _: Batch | None = None) -> None:

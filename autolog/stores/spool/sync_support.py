@@ -24,7 +24,7 @@ from autolog.stores.spool.rows import UNSENDABLE
 from autolog.stores.spool.sender import Sender, retry_later
 from autolog.stores.spool.spool_file import Backlog, Batch, RunPlan, SpoolFile
 from autolog.stores.sql.store import SqlStore
-from autolog.uris import is_sql_uri, redact_uri, without_password
+from autolog.uris import is_sql_uri, redact_uri, with_configured_credentials
 
 HELD = "in use by a running process, whose own sender is sending it"
 
@@ -174,7 +174,7 @@ def send_spool_file(path: Path, progress_factory=None, *, to: str | None = None,
     try:
         if outcome.problem is not None:
             return outcome
-        client = destination(to or _with_password(spool.uri, configured))
+        client = destination(to or with_configured_credentials(spool.uri, configured))
         spool.retry_failed()
         if progress_factory is not None:
             bar = progress_factory(spool.backlog().points)
@@ -244,14 +244,6 @@ class EmbeddedDestination:
 
     def close(self) -> None:
         self._store.close()
-
-
-def _with_password(uri: str, configured: str | None) -> str:
-    """A database URI is recorded in a spool without its password: the configured tracking
-    URI, when it names that database, gives it back."""
-    if configured and is_sql_uri(uri) and without_password(configured) == uri:
-        return configured
-    return uri
 
 
 def destination(uri: str) -> MlflowRestClient | EmbeddedDestination:
