@@ -49,12 +49,14 @@ def copy_artifacts(source_uri: str, source_tracking: str, dest_uri: str, dest_tr
                 source.download(path, partial)
                 staged = staging.adopt_file(partial, owner)
             location = f"{dest_uri}/{path}"
+            sent_before = None if dest.checksum_first else staging.sent_before(location)
             try:
-                if already_there(dest, path, staged.sha256, staged.size, staging.sent_before(location)):
+                if already_there(dest, path, staged.sha256, staged.size, sent_before):
                     copied.present += 1
                     continue
                 dest.upload(staged.ref, path, staged.sha256, staged.size, progress)
-                staging.record_sent(location, staged.sha256, staged.size)
+                if not dest.checksum_first:
+                    staging.record_sent(location, staged.sha256, staged.size)
                 copied.files += 1
                 copied.size += staged.size
             finally:

@@ -163,7 +163,8 @@ class UploadRunner:
         destination = self.destination(upload, artifact_uri)
         location = f"{artifact_uri}/{upload.artifact_path}"
         sha256 = upload.sha256
-        previous = self.staging.sent_before(location)
+        # What this machine sent there, for a destination that keeps no checksum of its own
+        previous = None if destination.checksum_first else self.staging.sent_before(location)
         if not sha256 and (destination.checksum_first or (previous and previous[1] == upload.size)):
             # hashed here, off the caller's thread: the destination needs it first, or it
             # decides whether the bytes this machine sent there before are these
@@ -178,7 +179,8 @@ class UploadRunner:
             with _hashing_beside(self._staged_copy(upload)) as digest:
                 destination.upload(upload.ref, upload.artifact_path, "", upload.size, self.progress)
             sha256 = self.staging.hashed(Staged(upload.ref, "", upload.size), digest()).sha256
-        self.staging.record_sent(location, sha256, upload.size)
+        if not destination.checksum_first:
+            self.staging.record_sent(location, sha256, upload.size)
         if self.journal.done(upload.id):  # else the journal closed meanwhile: sync finishes it
             self.staging.release(upload.ref, sha256)
         return True
