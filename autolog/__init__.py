@@ -13,10 +13,12 @@ the ``autolog.integrations`` entry-point group.
 from autolog.api import (
     active_run,
     autolog,
+    delete_model_alias,
     download_artifacts,
     end_run,
     flush,
     get_metric_history,
+    get_model_version_by_alias,
     get_run,
     get_tracking_uri,
     list_artifacts,
@@ -27,11 +29,14 @@ from autolog.api import (
     log_figure,
     log_metric,
     log_metrics,
+    log_model,
     log_param,
     log_params,
     log_text,
+    register_model,
     search_runs,
     set_experiment,
+    set_model_alias,
     set_tag,
     set_tags,
     set_tracking_uri,
@@ -40,6 +45,7 @@ from autolog.api import (
 from autolog.artifacts.destinations.base import ArtifactEntry, ArtifactError
 from autolog.config import AutologWarning
 from autolog.ledger import ParamConflictError
+from autolog.models.saver import ModelInfo, ModelSaveError
 from autolog.run import Run
 from autolog.stores.base import Experiment, Metric, RunInfo, RunNotFoundError, RunRecord, StoreError
 
@@ -49,6 +55,8 @@ __all__ = [
     "AutologWarning",
     "Experiment",
     "Metric",
+    "ModelInfo",
+    "ModelSaveError",
     "ParamConflictError",
     "Run",
     "RunInfo",
@@ -57,10 +65,12 @@ __all__ = [
     "StoreError",
     "active_run",
     "autolog",
+    "delete_model_alias",
     "download_artifacts",
     "end_run",
     "flush",
     "get_metric_history",
+    "get_model_version_by_alias",
     "get_run",
     "get_tracking_uri",
     "list_artifacts",
@@ -71,11 +81,14 @@ __all__ = [
     "log_figure",
     "log_metric",
     "log_metrics",
+    "log_model",
     "log_param",
     "log_params",
     "log_text",
+    "register_model",
     "search_runs",
     "set_experiment",
+    "set_model_alias",
     "set_tag",
     "set_tags",
     "set_tracking_uri",

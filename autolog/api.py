@@ -18,12 +18,16 @@ from autolog.artifacts import logged as _logged
 from autolog.artifacts import reading as _reading
 from autolog.artifacts.destinations.base import ArtifactEntry
 from autolog.artifacts.paths import check_file_name
-from autolog.artifacts.uploader import RunTarget, existing_uploader
-from autolog.config import check_on_conflict, settings
+from autolog.artifacts.uploader import existing_uploader
+from autolog.config import check_on_conflict, settings, strict
 from autolog.config import warn as warn_user
 from autolog.lifecycle import active_or_new, current_store
 from autolog.lifecycle import end_run as end_run  # the API's own, re-exported (X as X)
 from autolog.lifecycle import start_run as start_run
+from autolog.models import registry as _registry
+from autolog.models import saver as _saver
+from autolog.models.saver import ModelInfo, ModelSaveError
+from autolog.models.signature import signature_of
 from autolog.run import Run, user_call_site
 from autolog.stores import check_configuration, wait_acknowledged
 from autolog.stores.base import Experiment, Metric, RunRecord, Store
@@ -138,11 +142,12 @@ def set_tags(tags: dict[str, Any]) -> None:
 def flush(timeout: float | None = 60.0) -> bool:
     """Write everything pending now, then wait until every tracking server this process
     logged to has acknowledged all that was logged before the call: params, tags, metric
-    points and the status of ended runs. True once they have (a database store: once it
-    is committed).
+    points and the status of ended runs, then for the models queued to be saved and every
+    artifact to be uploaded. True once they have (a database store: once it is committed).
 
     False, with a warning that says what is left and how it is sent, when a write failed,
-    a server refused a batch for good, or ``timeout`` seconds passed first (60 by
+    a server refused a batch for good, a model could not be saved (strict mode:
+    :class:`ModelSaveError`), or ``timeout`` seconds passed first (60 by
     default, so a script never hangs on a server that is down; None waits as long as it
     takes); what is left is kept, and sent while the process runs and the server answers.
     """
@@ -159,6 +164,13 @@ def flush(timeout: float | None = 60.0) -> bool:
     if not get_writer().flush():
         return False
     if not wait_acknowledged(left()):
+        return False
+    saver = _saver.get_saver()
+    if not saver.wait(left()):
+        failures = saver.take_failures()
+        if failures and strict():
+            raise ModelSaveError("; ".join(failures))
+        warn_user(f"autolog.flush: {'; '.join(failures) or saver.describe_left()}")
         return False
     uploader = existing_uploader()
     if uploader is None or uploader.wait(left()):
@@ -259,22 +271,6 @@ def _runs_frame(pandas, records: list[RunRecord]):
 # -- artifacts --------------------------------------------------------------------------------
 
 
-def _target(run: Run) -> RunTarget:
-    """Where ``run``'s artifacts go. A run started offline has no artifact URI until its
-    server creates it: the uploader thread asks for it until then."""
-    found: list[str] = []
-
-    def resolve() -> str | None:
-        if not found:
-            server_id = run.store.server_run_id(run.id)
-            if server_id is None:
-                return None
-            found.append(run.store.get_run(server_id).info.artifact_uri)
-        return found[0]
-
-    return RunTarget(run.store.uri, run.id, run.info.artifact_uri, resolve)
-
-
 def log_artifact(local_path: Any, artifact_path: str | None = None) -> None:
     """Log a file into the active run's artifacts (under ``artifact_path`` when given).
 
@@ -284,19 +280,19 @@ def log_artifact(local_path: Any, artifact_path: str | None = None) -> None:
     an outage, and what is left at exit is sent by ``autolog sync``. A missing file, a
     folder, or a path with ``..`` raises here and nothing is logged.
     """
-    _logged.log_file(_target(active_or_new()), local_path, artifact_path)
+    _logged.log_file(active_or_new().artifact_target(), local_path, artifact_path)
 
 
 def log_artifacts(local_dir: Any, artifact_path: str | None = None) -> None:
     """Log every file under ``local_dir`` into the active run's artifacts, keeping the
     folder's layout (under ``artifact_path`` when given); as :func:`log_artifact`."""
-    _logged.log_folder(_target(active_or_new()), local_dir, artifact_path)
+    _logged.log_folder(active_or_new().artifact_target(), local_dir, artifact_path)
 
 
 def log_text(text: str, artifact_file: str) -> None:
     """Log ``text`` as the artifact file ``artifact_file`` (UTF-8)."""
     data = _content.text_bytes(text)
-    _logged.log_bytes(_target(active_or_new()), data, artifact_file)
+    _logged.log_bytes(active_or_new().artifact_target(), data, artifact_file)
 
 
 def log_dict(dictionary: Any, artifact_file: str) -> None:
@@ -304,7 +300,7 @@ def log_dict(dictionary: Any, artifact_file: str) -> None:
     value that cannot be written raises :class:`TypeError` here."""
     check_file_name(artifact_file)
     data = _content.dict_bytes(dictionary, artifact_file)
-    _logged.log_bytes(_target(active_or_new()), data, artifact_file)
+    _logged.log_bytes(active_or_new().artifact_target(), data, artifact_file)
 
 
 def log_figure(figure: Any, artifact_file: str, *, save_kwargs: dict | None = None) -> None:
@@ -312,7 +308,7 @@ def log_figure(figure: Any, artifact_file: str, *, save_kwargs: dict | None = No
     figure (``.html``, ``.json``) as ``artifact_file``, saved as it is now."""
     check_file_name(artifact_file)
     data = _content.figure_bytes(figure, artifact_file, save_kwargs)
-    _logged.log_bytes(_target(active_or_new()), data, artifact_file)
+    _logged.log_bytes(active_or_new().artifact_target(), data, artifact_file)
 
 
 def log_artifact_reference(uri: str, name: str, sha256: str | None = None,
@@ -331,7 +327,7 @@ def log_artifact_reference(uri: str, name: str, sha256: str | None = None,
     run = active_or_new()
     data = _content.reference_bytes(uri, name, sha256.lower() if sha256 else None, size)
     run.set_tags({f"autolog.reference.{name}": uri})
-    _logged.log_bytes(_target(run), data, f"references/{name}.json")
+    _logged.log_bytes(run.artifact_target(), data, f"references/{name}.json")
 
 
 def _artifacts_of(run_id: str):
@@ -357,3 +353,76 @@ def download_artifacts(run_id: str, path: str = "", dst: Any = None) -> str:
     """Download the artifact file or folder ``path`` of a run (all of them when empty)
     into the folder ``dst`` (a new temporary folder when None); returns the local path."""
     return str(_reading.download(_artifacts_of(run_id), path, dst))
+
+
+# -- models and the registry -----------------------------------------------------------------
+
+
+def log_model(model: Any, name: str = "model", *, input_example: Any = None, signature: Any = None,
+              registered_model_name: str | None = None,
+              extra_pip_requirements: Sequence[str] = ()) -> ModelInfo:
+    """Log ``model`` (a scikit-learn estimator, an XGBoost model, a ``torch.nn.Module`` or a
+    Lightning module) in MLflow's model format under the artifact folder ``name`` of the
+    active run; ``mlflow.<flavor>.load_model(info.model_uri)`` and
+    ``mlflow.pyfunc.load_model`` open it.
+
+    The model is snapshotted now (a model that cannot be pickled raises here) and saved
+    with MLflow's own ``save_model`` on a background thread, then uploaded like any
+    artifact; ``flush()`` waits for both. ``signature`` is MLflow's ``ModelSignature`` (or
+    its dict form); without one, it is read from ``input_example``'s dtypes and shape.
+    ``registered_model_name`` registers it as a new version of that model once uploaded.
+    """
+    if signature is None and input_example is not None:
+        signature = signature_of(input_example)
+    return _saver.log_model(active_or_new(), model, name, signature=signature,
+                            input_example=input_example, registered_model_name=registered_model_name,
+                            extra_pip_requirements=extra_pip_requirements)
+
+
+def register_model(model_uri: str, name: str, alias: str | None = None,
+                   tags: dict[str, Any] | None = None) -> Any:
+    """Register the model at ``model_uri`` (``runs:/<run id>/<path>``, as
+    :func:`log_model` returns it, or any URI MLflow can load from) as a new version of the
+    registered model ``name`` (created if missing), in the registry of the tracking URI
+    in force; ``alias`` (``"champion"``) then points at the new version. A model of this
+    process is registered once it is saved and uploaded. Returns MLflow's
+    ``ModelVersion``: ``version``, ``source``, ``run_id``, ``aliases``."""
+    if not isinstance(model_uri, str) or not model_uri:
+        raise ValueError(f"model_uri must be a model URI such as runs:/<run id>/model, got {model_uri!r}")
+    _registry.check_name(name)
+    if alias is not None:
+        _registry.check_alias(alias)
+    checked_tags = {str(key): str(value) for key, value in (tags or {}).items()}
+    source, run_id = model_uri, None
+    if model_uri.startswith("runs:/"):
+        run_id, _, path = model_uri.removeprefix("runs:/").partition("/")
+        if not run_id or not path:
+            raise ValueError(f"a runs:/ model URI is runs:/<run id>/<path>, got {model_uri!r}")
+        _saver.get_saver().wait(None)  # a model of this process: saved, then uploaded
+        store = _store_for(run_id)
+        uploader = existing_uploader()
+        if uploader is not None:
+            uploader.wait(None, uploader.exit_timeout, run_id=run_id)
+        run_id = store.server_run_id(run_id) or run_id
+        source = f"{store.get_run(run_id).info.artifact_uri.rstrip('/')}/{path.strip('/')}"
+    return _registry.create_version(settings.resolved_tracking_uri(), name, source, run_id, alias,
+                                    checked_tags or None)
+
+
+def set_model_alias(name: str, alias: str, version: int | str) -> None:
+    """Point ``alias`` of the registered model ``name`` at ``version``, moving it from the
+    version it named before in one write: ``models:/name@alias`` never resolves to none."""
+    _registry.set_alias(settings.resolved_tracking_uri(), _registry.check_name(name),
+                        _registry.check_alias(alias), _registry.check_version(version))
+
+
+def delete_model_alias(name: str, alias: str) -> None:
+    _registry.delete_alias(settings.resolved_tracking_uri(), _registry.check_name(name),
+                           _registry.check_alias(alias))
+
+
+def get_model_version_by_alias(name: str, alias: str) -> Any:
+    """The version ``alias`` points at (MLflow's ``ModelVersion``), as
+    ``models:/name@alias`` resolves it."""
+    return _registry.version_by_alias(settings.resolved_tracking_uri(), _registry.check_name(name),
+                                      _registry.check_alias(alias))

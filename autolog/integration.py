@@ -45,6 +45,7 @@ from packaging.version import InvalidVersion, Version
 
 from autolog import lifecycle
 from autolog.config import warn
+from autolog.models.options import MODEL_OPTIONS, check_model_options
 from autolog.patching import Patcher, guard
 from autolog.run import Run
 
@@ -111,6 +112,12 @@ class Integration:
 
     def unpatch(self) -> None:
         """Undo anything beyond ``self.patcher`` (e.g. a registered callback). Optional."""
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Refuse options that could not work, before any setting changes (``autolog()``'s
+        line). The base checks the model options (:data:`MODEL_OPTIONS`) it takes."""
+        if any(key in MODEL_OPTIONS for key in self.default_options):
+            check_model_options({**self.default_options, **options})
 
     # -- helpers for plugins ----------------------------------------------------------------
 
@@ -225,6 +232,9 @@ class Registry:
                     f"{', '.join(sorted(integrations)) or 'none'}"
                 )
             wanted = {name: self._options(integrations[name], flag) for name, flag in flags.items()}
+            for name, options in wanted.items():
+                if options is not None:
+                    integrations[name].check_options(options)
             for name in _env_disabled(integrations):
                 wanted[name] = None
             for name, integration in integrations.items():

@@ -10,8 +10,9 @@ The process hooks, installed in this order:
    forked child (a DataLoader worker) resets in this order: the run context's lock,
    patching's owner table (only the forking thread's entry stays), the writer (fresh
    locks and thread, empty queues: the parent writes what was pending), the open
-   stores (a child gets its own spool), then the artifact uploader (a child gets its own
-   journal; the parent's uploads stay the parent's).
+   stores (a child gets its own spool), the model saver (the parent saves what it
+   queued), then the artifact uploader (a child gets its own journal; the parent's
+   uploads stay the parent's).
 2. atexit (also at import): :func:`shutdown`.
 3. ``sys.excepthook``, chained (when the first run starts): notes an uncaught exception,
    so that :func:`shutdown` ends the runs still open FAILED, or KILLED after Ctrl-C.
@@ -41,6 +42,7 @@ from autolog import patching, stores
 from autolog import run as _run
 from autolog.artifacts import uploader as _uploads
 from autolog.config import settings
+from autolog.models.saver import get_saver
 from autolog.run import Run, ended_status
 from autolog.source import PARENT_RUN_ID, RUN_NAME, system_tags
 from autolog.stores import open_store
@@ -219,6 +221,7 @@ def _after_fork_in_child() -> None:
     patching.after_fork_in_child()
     get_writer().after_fork_in_child()
     stores.after_fork_in_child()
+    get_saver().after_fork_in_child()
     uploader = _uploads.existing_uploader()
     if uploader is not None:
         uploader.after_fork_in_child()
@@ -229,7 +232,8 @@ _shut_down = False
 
 def shutdown(status: str | None = None) -> None:
     """End the runs still open (``status``, by default FINISHED, KILLED after an uncaught
-    Ctrl-C, FAILED after another uncaught exception), give the writer its bounded time
+    Ctrl-C, FAILED after another uncaught exception), save the models still queued
+    (:mod:`autolog.models.saver`), give the writer its bounded time
     (``AUTOLOG_EXIT_TIMEOUT``), spool what the stores did not take and say where, wait
     for the artifact uploads as long as they progress (:mod:`autolog.artifacts.uploader`)
     and say what is left, then close the stores (a server's spool drains within the same
@@ -245,10 +249,11 @@ def shutdown(status: str | None = None) -> None:
     for run in writer.pending_runs():
         if run.final_status is None and run.owner_pid == os.getpid():
             run.mark_ended(status)
+    models_left = get_saver().close()  # before the writer: a "best" model reads its run
     left = writer.close()
     lines = writer.keep_at_exit(left)
     writer.fallback.close()
-    for line in lines:
+    for line in [*lines, *([models_left] if models_left else [])]:
         print(f"autolog: {line}", file=sys.stderr, flush=True)
     uploader = _uploads.existing_uploader()  # before the stores close: a run started
     uploads_left = uploader.close() if uploader is not None else None  # offline needs its server

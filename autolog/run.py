@@ -25,6 +25,7 @@ import time
 from collections import deque
 from typing import Any
 
+from autolog.artifacts.uploader import RunTarget
 from autolog.ledger import ParamLedger
 from autolog.stores.base import FAILED, FINISHED, KILLED, RUN_STATUSES, RunInfo, Store
 from autolog.validation import (
@@ -195,6 +196,21 @@ class Run:
         checked = {check_tag_key(key): check_tag_value(key, value) for key, value in tags.items()}
         if checked:
             self.pending_tags.append(checked)
+
+    def artifact_target(self) -> RunTarget:
+        """Where this run's artifacts go. A run started offline has no artifact URI until
+        its server creates it: the uploader thread asks for it until then."""
+        found: list[str] = []
+
+        def resolve() -> str | None:
+            if not found:
+                server_id = self.store.server_run_id(self.id)
+                if server_id is None:
+                    return None
+                found.append(self.store.get_run(server_id).info.artifact_uri)
+            return found[0]
+
+        return RunTarget(self.store.uri, self.id, self.info.artifact_uri, resolve)
 
     @property
     def params(self) -> dict[str, str]:

@@ -1,0 +1,291 @@
+"""Saving models in MLflow's format, off the training thread.
+
+On the caller's thread, :func:`log_model` only takes a snapshot of the fitted object
+(cloudpickle's bytes: the user may refit it right after) and reads the signature from
+the training data's dtypes. One background thread per process then, model after model:
+imports MLflow's flavor (seconds, once), saves the model with MLflow's own
+``save_model`` into a temporary folder, hands the folder to the artifact uploader (staged
+by content, uploaded in the background, see :mod:`autolog.artifacts`), records it in the
+run's ``mlflow.log-model.history`` tag as MLflow's ``log_model`` does, and registers it
+when asked, once its files are uploaded.
+
+With ``log_models="best"`` (a :class:`BestOnly`), the thread first compares the run's
+``monitor`` metric with the threshold, or with the best of the experiment's other runs,
+and drops the snapshot unless it beats it.
+
+A save that fails (a disk full, a model MLflow cannot save) is one warning and never
+touches the fit; ``flush()`` then returns False, and raises in strict mode. At exit the
+process waits for the models still queued (``AUTOLOG_ARTIFACT_EXIT_TIMEOUT``, 600 s by
+default), then the uploads.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import json
+import math
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from autolog.artifacts.logged import log_folder
+from autolog.artifacts.paths import check_artifact_path
+from autolog.artifacts.uploader import get_uploader, with_credentials
+from autolog.config import env_float, warn_from_thread
+from autolog.models import registry
+from autolog.models.flavors import Flavor, flavor_of
+from autolog.models.requirements import pinned
+from autolog.models.signature import signature_of
+from autolog.run import Run
+from autolog.writer import get_writer
+
+HISTORY_TAG = "mlflow.log-model.history"  # MLflow's record of a run's models (its UI reads it)
+MODES = ("min", "max")
+
+
+class ModelSaveError(RuntimeError):
+    """A model autolog was asked to save could not be saved (strict mode raises it)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where a logged model is: ``model_uri`` (``runs:/<run id>/<artifact path>``) opens
+    with ``mlflow.<flavor>.load_model`` and ``mlflow.pyfunc.load_model``."""
+
+    model_uri: str
+    run_id: str
+    artifact_path: str
+    flavor: str
+    registered_model_name: str | None = None
+
+
+@dataclass(frozen=True)
+class BestOnly:
+    """Log the model only when the run's ``monitor`` metric beats ``threshold``, or (with
+    no threshold) the best value of the other runs of its experiment."""
+
+    monitor: str
+    mode: str = "min"
+    threshold: float | None = None
+
+    def beats(self, value: float, best: float) -> bool:
+        return value < best if self.mode == "min" else value > best
+
+
+@dataclass
+class _Job:
+    run: Run
+    info: ModelInfo
+    flavor: Flavor
+    snapshot: bytes
+    modules: tuple[str, ...]
+    signature: Any
+    input_example: Any
+    extra_requirements: tuple[str, ...]
+    best: BestOnly | None
+
+
+def log_model(run: Run, model: Any, artifact_path: str = "model", *, inputs: Any = None,
+              outputs: Any = None, signature: Any = None, input_example: Any = None,
+              extra_pip_requirements: Sequence[str] = (), registered_model_name: str | None = None,
+              best: BestOnly | None = None) -> ModelInfo:
+    """Snapshot ``model`` now and save it into ``run``'s artifacts at ``artifact_path`` in
+    the background. The signature is ``signature`` (MLflow's ``ModelSignature`` or its dict
+    form), else read from ``inputs``/``outputs`` (the training data) when given."""
+    import cloudpickle
+
+    path = check_artifact_path(artifact_path)
+    if not path:
+        raise ValueError("artifact_path must name a folder in the run's artifacts, got ''")
+    if registered_model_name is not None:
+        registry.check_name(registered_model_name)
+    flavor = flavor_of(model)
+    requirements = tuple(extra_pip_requirements)
+    if not all(isinstance(line, str) for line in requirements):
+        raise TypeError(f"extra_pip_requirements must be a list of str, got {extra_pip_requirements!r}")
+    if signature is None and inputs is not None:
+        signature = signature_of(inputs, outputs)
+    snapshot = cloudpickle.dumps(model)  # an unpicklable model raises here, in the caller's guard
+    modules = tuple(dict.fromkeys(flavor.modules + tuple(
+        cls.__module__.partition(".")[0] for cls in type(model).__mro__)))
+    info = ModelInfo(f"runs:/{run.id}/{path}", run.id, path, flavor.name, registered_model_name)
+    get_saver().submit(_Job(run, info, flavor, snapshot, modules, signature, input_example,
+                            requirements, best))
+    return info
+
+
+class ModelSaver:
+    """The thread that saves models, and what waiting for it needs."""
+
+    def __init__(self) -> None:
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._changed = threading.Condition()
+        self._busy = 0  # jobs taken and not finished
+        self._thread: threading.Thread | None = None
+        self._failures: list[str] = []
+        self._history: dict[str, list[dict]] = {}  # run id -> its models, for the tag
+        self.total_exit_timeout = env_float("AUTOLOG_ARTIFACT_EXIT_TIMEOUT", 600.0)
+
+    def submit(self, job: _Job) -> None:
+        with self._changed:
+            self._jobs.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="autolog-models", daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait until every queued model is saved (and handed to the uploader): True; False
+        at ``timeout`` seconds or when a save failed since the last wait."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while self._jobs or self._busy:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._changed.wait(left if left is not None else 1.0)
+            return not self._failures
+
+    def take_failures(self) -> list[str]:
+        with self._changed:
+            failures, self._failures = self._failures, []
+        return failures
+
+    def describe_left(self) -> str | None:
+        with self._changed:
+            left = [job.info for job in self._jobs]
+        if not left:
+            return None
+        names = ", ".join(f"{info.artifact_path} of run {info.run_id}" for info in left[:3])
+        more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+        return f"{len(left)} model(s) not saved yet: {names}{more}"
+
+    def close(self) -> str | None:
+        """At exit: wait for the queued models (bounded); what is left, in one line."""
+        self.wait(self.total_exit_timeout)
+        left = self.describe_left()
+        return f"{left} (the process exited first)" if left else None
+
+    def after_fork_in_child(self) -> None:
+        """The parent saves what it queued; the child starts with none and no thread."""
+        self.__init__()
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        import concurrent.futures.thread  # noqa: F401  (before interpreter shutdown refuses it)
+
+        while True:
+            with self._changed:
+                while not self._jobs:
+                    self._changed.wait()
+                job = self._jobs.popleft()
+                self._busy += 1
+            try:
+                self._save(job)
+            except Exception as exc:  # one model lost is a warning; the thread goes on
+                message = (f"model {job.info.artifact_path!r} of run {job.info.run_id} was not "
+                           f"saved: {type(exc).__name__}: {exc}")
+                with self._changed:
+                    self._failures.append(message)
+                warn_from_thread(message)
+            finally:
+                with self._changed:
+                    self._busy -= 1
+                    self._changed.notify_all()
+
+    def _save(self, job: _Job) -> None:
+        import cloudpickle
+
+        if job.best is not None and not self._beats_best(job):
+            return
+        model = cloudpickle.loads(job.snapshot)
+        signature = job.signature
+        if isinstance(signature, dict):
+            from mlflow.models import ModelSignature
+
+            signature = ModelSignature.from_dict(signature)
+        folder = tempfile.mkdtemp(prefix="autolog-model-")
+        try:
+            saved = f"{folder}/{job.info.artifact_path.rpartition('/')[2]}"
+            job.flavor.save(model, saved, signature=signature, input_example=job.input_example,
+                            pip_requirements=pinned(job.modules) + list(job.extra_requirements))
+            log_folder(job.run.artifact_target(), saved, job.info.artifact_path)
+            flavors = _flavors(saved)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._record(job, flavors)
+        if job.info.registered_model_name is not None:
+            register(job.run, job.info, job.info.registered_model_name)
+
+    def _record(self, job: _Job, flavors: dict) -> None:
+        """Add the model to the run's ``mlflow.log-model.history`` tag, as MLflow's
+        ``log_model`` records it (straight to the store: the run may have ended)."""
+        history = self._history.setdefault(job.run.id, [])
+        history.append({
+            "run_id": job.run.server_id or job.run.id,
+            "artifact_path": job.info.artifact_path,
+            "utc_time_created": datetime.datetime.now(datetime.timezone.utc).strftime(
+                "%Y-%m-%d %H:%M:%S.%f"),
+            "model_uuid": uuid.uuid4().hex,
+            "flavors": flavors,
+        })
+        value = json.dumps(history)
+        while len(value) > 8000 and len(history) > 1:  # MLflow's tag limit: the newest stay
+            del history[0]
+            value = json.dumps(history)
+        job.run.store.log_batch(job.run.id, tags={HISTORY_TAG: value})
+
+    def _beats_best(self, job: _Job) -> bool:
+        best, run = job.best, job.run
+        get_writer().drain(run)
+        if run.server_id is None:  # a run still offline: nothing to compare with, so kept
+            return True
+        value = run.store.get_run(run.server_id).metrics.get(best.monitor)
+        if value is None or math.isnan(value):
+            warn_from_thread(f"log_models='best': run {run.id} has no metric {best.monitor!r}; "
+                             f"its model {job.info.artifact_path!r} is not logged")
+            return False
+        if best.threshold is not None:
+            return best.beats(value, best.threshold)
+        order = "ASC" if best.mode == "min" else "DESC"
+        others = run.store.search_runs([run.experiment_id], "", [f"metrics.`{best.monitor}` {order}"], 2)
+        for record in others:
+            if record.info.run_id in (run.id, run.server_id):
+                continue
+            known = record.metrics.get(best.monitor)
+            return known is None or math.isnan(known) or best.beats(value, known)
+        return True
+
+
+def _flavors(saved: str) -> dict:
+    """The ``flavors`` section of the MLmodel file MLflow wrote."""
+    from mlflow.models import Model
+
+    return Model.load(saved).flavors
+
+
+def register(run: Run, info: ModelInfo, name: str, alias: str | None = None) -> Any:
+    """Register the model ``info`` of ``run`` once its files are uploaded (and the run
+    exists on its server); returns MLflow's ``ModelVersion``."""
+    uploader = get_uploader()
+    if not uploader.wait(None, uploader.exit_timeout, run_id=run.id):
+        raise ModelSaveError(f"the files of {info.model_uri} are not uploaded yet "
+                             f"({uploader.describe_left()}); not registered as {name!r}")
+    server_id = run.server_id or run.id
+    artifact_uri = run.store.get_run(server_id).info.artifact_uri
+    source = f"{artifact_uri.rstrip('/')}/{info.artifact_path}"
+    return registry.create_version(with_credentials(run.store.uri), name, source, server_id, alias)
+
+
+_saver = ModelSaver()
+
+
+def get_saver() -> ModelSaver:
+    return _saver
