@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,14 @@ class _Job:
     best: BestOnly | None
 
 
+@dataclass
+class _Task:
+    """Other work an integration puts off the training thread (diagnostic plots)."""
+
+    description: str  # what failed, as its warning says: "the confusion matrix of run …"
+    function: Callable[[], None]
+
+
 def log_model(run: Run, model: Any, artifact_path: str = "model", *, inputs: Any = None,
               outputs: Any = None, signature: Any = None, input_example: Any = None,
               extra_pip_requirements: Sequence[str] = (), registered_model_name: str | None = None,
@@ -124,7 +132,7 @@ class ModelSaver:
     """The thread that saves models, and what waiting for it needs."""
 
     def __init__(self) -> None:
-        self._jobs: collections.deque[_Job] = collections.deque()
+        self._jobs: collections.deque[_Job | _Task] = collections.deque()
         self._changed = threading.Condition()
         self._busy = 0  # jobs taken and not finished
         self._thread: threading.Thread | None = None
@@ -132,13 +140,18 @@ class ModelSaver:
         self._history: dict[str, list[dict]] = {}  # run id -> its models, for the tag
         self.total_exit_timeout = env_float("AUTOLOG_ARTIFACT_EXIT_TIMEOUT", 600.0)
 
-    def submit(self, job: _Job) -> None:
+    def submit(self, job: _Job | _Task) -> None:
         with self._changed:
             self._jobs.append(job)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="autolog-models", daemon=True)
                 self._thread.start()
             self._changed.notify_all()
+
+    def run_later(self, description: str, function: Callable[[], None]) -> None:
+        """Run ``function`` on the saver's thread, in order with the models queued; a
+        failure is one warning naming ``description`` (and ``flush()`` returns False)."""
+        self.submit(_Task(description, function))
 
     def wait(self, timeout: float | None) -> bool:
         """Wait until every queued model is saved (and handed to the uploader): True; False
@@ -159,12 +172,11 @@ class ModelSaver:
 
     def describe_left(self) -> str | None:
         with self._changed:
-            left = [job.info for job in self._jobs]
+            left = [_describe(job) for job in self._jobs]
         if not left:
             return None
-        names = ", ".join(f"{info.artifact_path} of run {info.run_id}" for info in left[:3])
         more = f" and {len(left) - 3} more" if len(left) > 3 else ""
-        return f"{len(left)} model(s) not saved yet: {names}{more}"
+        return f"not saved yet: {', '.join(left[:3])}{more}"
 
     def close(self) -> str | None:
         """At exit: wait for the queued models (bounded); what is left, in one line."""
@@ -188,10 +200,12 @@ class ModelSaver:
                 job = self._jobs.popleft()
                 self._busy += 1
             try:
-                self._save(job)
+                if isinstance(job, _Task):
+                    job.function()
+                else:
+                    self._save(job)
             except Exception as exc:  # one model lost is a warning; the thread goes on
-                message = (f"model {job.info.artifact_path!r} of run {job.info.run_id} was not "
-                           f"saved: {type(exc).__name__}: {exc}")
+                message = f"{_describe(job)} failed: {type(exc).__name__}: {exc}"
                 with self._changed:
                     self._failures.append(message)
                 warn_from_thread(message)
@@ -262,6 +276,12 @@ class ModelSaver:
             known = record.metrics.get(best.monitor)
             return known is None or math.isnan(known) or best.beats(value, known)
         return True
+
+
+def _describe(job: _Job | _Task) -> str:
+    if isinstance(job, _Task):
+        return job.description
+    return f"saving model {job.info.artifact_path!r} of run {job.info.run_id}"
 
 
 def _flavors(saved: str) -> dict:
