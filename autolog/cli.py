@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from autolog.config import settings
+from autolog.models.saver import HISTORY_TAG
 from autolog.stores import open_store
 from autolog.stores.base import (
     KILLED,
@@ -205,11 +206,27 @@ def _describe(record: RunRecord) -> str:
         f"started    {_time(info.start_time)}",
         f"ended      {_time(info.end_time)}",
     ]
-    for title, values in (("params", record.params), ("metrics", record.metrics),
-                          ("tags", record.tags)):
+    models = _models(record)
+    tags = {key: value for key, value in record.tags.items() if key != HISTORY_TAG or not models}
+    for title, values in (("params", record.params), ("metrics", record.metrics), ("tags", tags)):
         lines.append(f"\n{title} ({len(values)})")
         lines.extend(f"  {key} = {values[key]}" for key in sorted(values))
+    if models:
+        lines.append(f"\nmodels ({len(models)}): open with mlflow.<flavor>.load_model(<uri>)")
+        lines.extend(models)
     return "\n".join(lines)
+
+
+def _models(record: RunRecord) -> list[str]:
+    """``runs:/<run>/<path>  (flavors)`` for each model the run's ``mlflow.log-model.history``
+    tag records (empty when it has none or it is not MLflow's JSON)."""
+    try:
+        history = json.loads(record.tags.get(HISTORY_TAG, "[]"))
+        return [f"  runs:/{record.info.run_id}/{model['artifact_path']}  "
+                f"({', '.join(sorted(set(model.get('flavors', {})) - {'python_function'}))})"
+                for model in history]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []
 
 
 @runs.command("compare")

@@ -14,6 +14,12 @@ processes compete for the cores (every case fits in the calling thread: XGBoost 
 
 Target: autolog adds at most 5 ms or 5 % to a fit, whichever is larger.
 
+The section ``bench_autolog_models`` ("with models") runs both tools with their defaults,
+models on: what autolog adds to the fit (target: at most 50 ms or 10 %, whichever is
+larger) beside what MLflow's autolog adds, and the time autolog's ``flush()`` then takes
+to save and upload the model in the background. The other tables turn models off on
+both sides (``log_models=False``).
+
 PyTorch and Lightning (a Lightning MLP, plain loops of 10,000 steps; target ≤ 3 %) are
 the section ``bench_autolog_torch``, measured by ``bench_autolog_torch.py``: whole training
 runs, the three modes back to back, rather than many short fits.
@@ -53,52 +59,82 @@ class Case:
     fits_per_round: int = 3  # pairs of fits without and with autolog per round
 
 
+def data(rows: int):
+    from sklearn.datasets import make_classification
+
+    return make_classification(rows, 20, n_informative=10, random_state=0)
+
+
+def logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = data(20_000)
+    return lambda: LogisticRegression().fit(X, y)
+
+
+def random_forest():
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = data(5_000)
+    return lambda: RandomForestClassifier(n_estimators=50, random_state=0).fit(X, y)
+
+
+def grid_search():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = data(20_000)
+    grid = {"C": [0.01, 0.1, 1.0, 10.0]}
+    return lambda: GridSearchCV(LogisticRegression(), grid, cv=3).fit(X, y)
+
+
+def xgboost_train():
+    import xgboost
+
+    X, y = data(20_000)
+    train, val = xgboost.DMatrix(X[:16_000], y[:16_000]), xgboost.DMatrix(X[16_000:], y[16_000:])
+    params = {"objective": "binary:logistic", "max_depth": 4, "eval_metric": "logloss",
+              "nthread": 1}
+    return lambda: xgboost.train(params, train, 200, evals=[(val, "val")], verbose_eval=False)
+
+
+def lightning_fit():
+    fit, root = bench_autolog_torch.lightning_workload(), tempfile.mkdtemp(prefix="bench-lightning-")
+    return lambda: fit(root)
+
+
+LOGISTIC = "LogisticRegression, 20,000×20"
+FOREST = "RandomForestClassifier, 50 trees, 5,000×20"
+XGBOOST = "`xgboost.train`, 200 rounds, eval set, 16,000×20, 1 thread"
+
+
 def sklearn_xgboost_cases() -> list[Case]:
-    def data(rows: int):
-        from sklearn.datasets import make_classification
-
-        return make_classification(rows, 20, n_informative=10, random_state=0)
-
-    def logistic_regression():
-        from sklearn.linear_model import LogisticRegression
-
-        X, y = data(20_000)
-        return lambda: LogisticRegression().fit(X, y)
-
-    def random_forest():
-        from sklearn.ensemble import RandomForestClassifier
-
-        X, y = data(5_000)
-        return lambda: RandomForestClassifier(n_estimators=50, random_state=0).fit(X, y)
-
-    def grid_search():
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import GridSearchCV
-
-        X, y = data(20_000)
-        grid = {"C": [0.01, 0.1, 1.0, 10.0]}
-        return lambda: GridSearchCV(LogisticRegression(), grid, cv=3).fit(X, y)
-
-    def xgboost_train():
-        import xgboost
-
-        X, y = data(20_000)
-        train, val = xgboost.DMatrix(X[:16_000], y[:16_000]), xgboost.DMatrix(X[16_000:], y[16_000:])
-        params = {"objective": "binary:logistic", "max_depth": 4, "eval_metric": "logloss",
-                  "nthread": 1}
-        return lambda: xgboost.train(params, train, 200, evals=[(val, "val")], verbose_eval=False)
-
     return [
-        Case("LogisticRegression, 20,000×20", logistic_regression, fits_per_round=10),
-        Case("RandomForestClassifier, 50 trees, 5,000×20", random_forest),
+        Case(LOGISTIC, logistic_regression, fits_per_round=10),
+        Case(FOREST, random_forest),
         Case("GridSearchCV(LogisticRegression), 4 candidates × 3 folds, 20,000×20", grid_search),
-        Case("`xgboost.train`, 200 rounds, eval set, 16,000×20, 1 thread", xgboost_train),
+        Case(XGBOOST, xgboost_train),
+    ]
+
+
+def model_cases() -> list[Case]:
+    return [
+        Case(LOGISTIC, logistic_regression),
+        Case(FOREST, random_forest),
+        Case(XGBOOST, xgboost_train),
+        Case("Lightning MLP, 20,000×20, batch 64, 2 epochs", lightning_fit),
     ]
 
 
 SECTIONS: dict[str, tuple[str, Callable[[], list[Case]]]] = {
     "bench_autolog_sklearn_xgboost": ("scikit-learn and XGBoost", sklearn_xgboost_cases),
 }
+
+
+# The integrations that save models (their log_models option): the fit tables turn that off
+# on both sides, to compare the logging of params and metrics alone; the models table
+# leaves both at their defaults (models on).
+MODEL_INTEGRATIONS = ("sklearn", "xgboost", "lightning")
 
 
 class Modes:
@@ -110,6 +146,7 @@ class Modes:
         import autolog
 
         self.autolog, self.mlflow, self.mode = autolog, mlflow, "none"
+        self.models = False
         autolog.set_tracking_uri(f"sqlite:///{root / 'autolog.db'}")
         autolog.set_experiment("bench")
         mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
@@ -117,8 +154,12 @@ class Modes:
 
     def enable(self, mode: str) -> None:
         self.mode = mode
-        if mode == "autolog":
+        if mode == "autolog" and self.models:
             self.autolog.autolog()
+        elif mode == "autolog":
+            self.autolog.autolog(**{name: {"log_models": False} for name in MODEL_INTEGRATIONS})
+        elif mode == "mlflow" and self.models:
+            self.mlflow.autolog(silent=True)  # its defaults: models, signatures, datasets
         elif mode == "mlflow":
             self.mlflow.autolog(log_models=False, log_datasets=False, silent=True)
 
@@ -245,10 +286,102 @@ def fit_section(modes: Modes, section: str, rounds: int) -> tuple[str, bool]:
     return table(title, results, rounds, per_round)
 
 
+MODELS_SECTION = "bench_autolog_models"
+MODELS_TARGET_MS, MODELS_TARGET_FRACTION = 50.0, 0.10
+
+
+@dataclass
+class ModelResult:
+    """Medians for one case with models: seconds per fit in each mode; autolog's paired
+    cost on the training thread, and the time ``flush()`` then took (the saver's and the
+    uploader's background work, waited for)."""
+
+    wall: dict[str, float]
+    added: float
+    saved: float
+
+
+def measure_models(modes: Modes, fits: list[tuple[Case, Callable]], rounds: int
+                   ) -> dict[str, ModelResult]:
+    """Each round, each case: one fit per mode, the order rotating between rounds. After
+    autolog's fit, outside its timing, ``flush()`` waits for the model to be saved and
+    uploaded, so that no background work spills into the next fit."""
+    samples = {case.name: {mode: [] for mode in (*MODES, "saved")} for case, _ in fits}
+    for round_ in range(rounds + 1):  # round 0 warms up: imports (MLflow's, on both sides)
+        order = MODES[round_ % 3:] + MODES[:round_ % 3]
+        for case, fit in fits:
+            for mode in order:
+                modes.enable(mode)
+                try:
+                    elapsed, _ = timed(fit)
+                    started = time.perf_counter()
+                    if mode == "autolog":
+                        assert modes.autolog.flush(timeout=None), "a model was not saved"
+                    saved = time.perf_counter() - started
+                finally:
+                    modes.disable()
+                if round_:
+                    samples[case.name][mode].append(elapsed)
+                    if mode == "autolog":
+                        samples[case.name]["saved"].append(saved)
+    median = statistics.median
+    return {name: ModelResult(
+        wall={mode: median(values[mode]) for mode in MODES},
+        added=median(a - b for a, b in zip(values["autolog"], values["none"])),
+        saved=median(values["saved"])) for name, values in samples.items()}
+
+
+def models_section(modes: Modes, rounds: int) -> tuple[str, bool]:
+    fits = [(case, case.setup()) for case in model_cases()]
+    modes.models = True
+    try:
+        results = measure_models(modes, fits, rounds)
+    finally:
+        modes.models = False
+    logged = modes.autolog.search_runs(
+        "bench", "tags.`mlflow.log-model.history` LIKE '%artifact_path%'", max_results=100_000)
+    assert len(logged) >= len(fits) * (rounds + 1), f"only {len(logged)} runs have a model"
+    lines = [
+        "## Autologging with models (`bench_autolog.py`)",
+        "",
+        f"Machine: {machine()}. Medians over {rounds} rounds of one fit per mode (the order "
+        "rotating), each fit starting and ending its own run in a SQLite store, with both "
+        "tools' defaults: models (and signatures) on; MLflow's also logs datasets. *added*: "
+        "the median over rounds of autolog's fit minus the same round's fit without "
+        "autologging: what the training thread waited for. *then saved*: the `autolog.flush()` "
+        "that followed, outside the timing: the model saved with MLflow's `save_model` and "
+        "uploaded, in the background.",
+        "",
+        "| fit | no autolog | autolog | added | then saved (background) | MLflow autolog "
+        "| added | MLflow adds × autolog's |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    verdicts, all_met = [], True
+    for name, result in results.items():
+        base, ours, theirs = (result.wall[mode] for mode in MODES)
+        added, mlflow_added = result.added, theirs - base
+        ratio = f"{mlflow_added / added:,.0f}×" if added > 0 else "—"
+        lines.append(
+            f"| {name} | {base * 1e3:,.1f} ms | {ours * 1e3:,.1f} ms | "
+            f"{added * 1e3:+,.1f} ms ({added / base:+.1%}) | {result.saved * 1e3:,.0f} ms | "
+            f"{theirs * 1e3:,.1f} ms | {mlflow_added * 1e3:+,.1f} ms ({mlflow_added / base:+.1%}) "
+            f"| {ratio} |")
+        allowed = max(MODELS_TARGET_MS / 1e3, MODELS_TARGET_FRACTION * base)
+        met = added <= allowed
+        all_met &= met
+        verdicts.append(f"- {'met' if met else 'MISSED'}: {name}: autolog adds {added * 1e3:+.1f} ms "
+                        f"to the fit, allowed {allowed * 1e3:.1f} ms; MLflow adds "
+                        f"{mlflow_added:+.2f} s")
+    lines += ["", f"Target: what autolog adds to the fit with models is ≤ {MODELS_TARGET_MS:.0f} ms "
+              f"or ≤ {MODELS_TARGET_FRACTION:.0%} of the fit, whichever is larger.", *verdicts]
+    return "\n".join(lines), all_met
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds, print only")
-    parser.add_argument("--section", choices=sorted([*SECTIONS, bench_autolog_torch.SECTION]),
+    parser.add_argument("--section", choices=sorted([*SECTIONS, bench_autolog_torch.SECTION,
+                                                     MODELS_SECTION]),
                         action="append", help="only these sections (default: all)")
     args = parser.parse_args()
     rounds = 2 if args.quick else 7
@@ -260,9 +393,11 @@ def main() -> int:
 
         logging.getLogger("mlflow").setLevel(logging.ERROR)
         modes = Modes(Path(tmp))
-        for section in args.section or [*SECTIONS, bench_autolog_torch.SECTION]:
+        for section in args.section or [*SECTIONS, MODELS_SECTION, bench_autolog_torch.SECTION]:
             if section == bench_autolog_torch.SECTION:
                 markdown, met = bench_autolog_torch.report(rounds)
+            elif section == MODELS_SECTION:
+                markdown, met = models_section(modes, 2 if args.quick else 5)
             else:
                 markdown, met = fit_section(modes, section, rounds)
             all_met &= met

@@ -176,8 +176,8 @@ class Modes:
         return MODES if self.mlflow else MODES[:2]
 
     def enable(self, mode: str) -> None:
-        if mode == "autolog":
-            self.autolog.autolog()
+        if mode == "autolog":  # models off, as MLflow's below: their cost is bench_autolog.py's
+            self.autolog.autolog(lightning={"log_models": False})
         elif mode == "mlflow":
             self.mlflow.pytorch.autolog(log_models=False, checkpoint=False, silent=True)
 

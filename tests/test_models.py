@@ -229,3 +229,17 @@ def test_registered_model_name_registers_once_the_files_are_up(mlflow_server, da
     assert [v.run_id for v in versions] == [run.id]
     files = {f.path for f in client.list_artifacts(run.id, "model")}
     assert {"model/MLmodel", "model/model.pkl", "model/requirements.txt"} <= files
+
+
+def test_autolog_runs_show_prints_the_model_uri(store_uri, data):
+    from click.testing import CliRunner
+
+    from autolog.cli import main
+
+    with autolog.start_run() as run:
+        autolog.log_model(fitted(data), "classifier")
+    assert autolog.flush()
+    shown = CliRunner().invoke(main, ["runs", "show", run.id])
+    assert shown.exit_code == 0, shown.output
+    assert f"runs:/{run.id}/classifier  (sklearn)" in shown.output
+    assert HISTORY_TAG not in shown.output  # shown as its models, not as raw JSON
