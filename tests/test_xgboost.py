@@ -17,18 +17,13 @@ from sklearn.model_selection import GridSearchCV
 
 import autolog
 from autolog.integration import get as get_integration
-from autolog.models.saver import get_saver
 
 ROUNDS = 8
 
 
 @pytest.fixture(autouse=True)
 def default_options():
-    """Options stay until changed: reset them; and the models a test logged are saved (or
-    their failure told) before the next test starts."""
     yield
-    saver = get_saver()
-    assert saver.wait(120), saver.take_failures() or saver.describe_left()
     for name in ("xgboost", "sklearn"):
         integration = get_integration(name)
         integration.options = dict(integration.default_options)
