@@ -172,6 +172,8 @@ def flush(timeout: float | None = 60.0) -> bool:
             raise ModelSaveError("; ".join(failures))
         warn_user(f"autolog.flush: {'; '.join(failures) or saver.describe_left()}")
         return False
+    if not wait_acknowledged(left()):  # what the saver wrote: the runs' model history tags
+        return False
     uploader = existing_uploader()
     if uploader is None or uploader.wait(left()):
         return True

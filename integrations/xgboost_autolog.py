@@ -13,9 +13,20 @@ What a training logs, under MLflow's names:
 * early stopping (``early_stopping_rounds`` or an ``EarlyStopping`` callback):
   ``best_iteration``, ``stopped_iteration``, and every eval metric of the best iteration
   again one step after the last iteration, as MLflow does;
-* feature importance: tags ``feature_importance_<type>`` (``weight`` and ``gain`` by
-  default; the ``importance_types`` option), a JSON object of feature -> importance,
-  most important first, cut to the tag size limit. MLflow logs these as artifacts.
+* the model: ``xgboost.train``'s Booster, or the scikit-learn API's fitted estimator, as
+  ``model`` in MLflow's format (``mlflow.xgboost`` and ``mlflow.pyfunc`` load it), saved
+  off the training thread (:mod:`autolog.models`; the options ``log_models``,
+  ``log_input_examples``, ``log_model_signatures``, ``registered_model_name``, and
+  ``monitor``/``mode``/``threshold`` for ``log_models="best"``, with an eval metric
+  named as logged here, e.g. ``validation_0-logloss``). The signature and input example
+  come from the scikit-learn API's ``X`` and ``y``; a ``DMatrix`` gets none (its feature
+  types do not say float32 from float64). ``xgboost.cv`` logs no model;
+* feature importance, for each of the ``importance_types`` (``weight`` and ``gain`` by
+  default): the artifacts ``feature_importance_<type>.json`` and ``.png``, as MLflow
+  logs them (see :mod:`._xgboost_importance`). Deprecated, to be dropped in the next
+  release: the tags ``feature_importance_<type>``, a JSON object of feature ->
+  importance, most important first, cut to the tag size limit, kept one release for
+  dashboards that read them.
 
 The scikit-learn API (``XGBClassifier``, ``XGBRegressor``, ``XGBRanker``, ...) is one fit
 and one run, logged here: the fit owns the run (tags ``estimator_name`` and
@@ -40,7 +51,10 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from autolog_integrations import _xgboost_importance as importance
+
 from autolog.integration import Integration, Probe
+from autolog.models.options import MODEL_OPTIONS, log_fitted
 from autolog.patching import current_owner, outermost
 from autolog.run import Run, user_call_site
 from autolog.validation import MAX_TAG_VALUE_LENGTH
@@ -60,7 +74,7 @@ class XGBoostIntegration(Integration):
         Probe(BOOSTER_PARAMS, "the layout of Booster.save_config() that autolog reads",
               lambda xgboost: _booster_config_readable(xgboost)),
     )
-    default_options = {"importance_types": ("weight", "gain")}
+    default_options = {"importance_types": ("weight", "gain"), **MODEL_OPTIONS}
 
     def __init__(self) -> None:
         super().__init__()
@@ -103,6 +117,10 @@ class XGBoostIntegration(Integration):
                 self._local.sklearn_fit = None
             with self.guard():
                 _remember_fitted(instance, run)
+            with self.guard():
+                X = args[0] if args else kwargs.get("X")
+                y = args[1] if len(args) > 1 else kwargs.get("y")
+                log_fitted(run, instance, self.options, inputs=X, outputs=y)
             return result
 
     def _on_train(self, wrapped, instance, args, kwargs):
@@ -115,22 +133,25 @@ class XGBoostIntegration(Integration):
         sklearn_fit = getattr(self._local, "sklearn_fit", None)
         if sklearn_fit is not None and not cv:  # the train call of an XGBModel.fit
             self._local.sklearn_fit = None
-            return _Training(self, sklearn_fit[0], wrapped, cv, sklearn_fit[1]).call(args, kwargs)
+            # its model is the estimator, logged by _on_sklearn_fit, not this Booster
+            return _Training(self, sklearn_fit[0], wrapped, cv, sklearn_fit[1],
+                             logs_booster=False).call(args, kwargs)
         if current_owner() is not None:
             return wrapped(*args, **kwargs)
         with outermost(self.name), self.fit_run() as run:
             if run is None:
                 return wrapped(*args, **kwargs)
-            return _Training(self, run, wrapped, cv, user_call_site()).call(args, kwargs)
+            return _Training(self, run, wrapped, cv, user_call_site(), logs_booster=not cv).call(
+                args, kwargs)
 
 
 class _Training:
     """One logged ``train``/``cv`` call: params before, the callback during, the rest after."""
 
     def __init__(self, integration: XGBoostIntegration, run: Run, function: Callable, cv: bool,
-                 call_site: str) -> None:
+                 call_site: str, logs_booster: bool) -> None:
         self.integration, self.run, self.function, self.cv = integration, run, function, cv
-        self.call_site = call_site
+        self.call_site, self.logs_booster = call_site, logs_booster
         self.callback = None
         self.unset: list[str] = []  # booster params given as None: logged after training
 
@@ -155,6 +176,9 @@ class _Training:
         if self.callback is not None:
             with self.integration.guard():
                 self._after(result, bound, user_callbacks)
+        if self.logs_booster:
+            with self.integration.guard():
+                log_fitted(self.run, result, self.integration.options)
         return result
 
     def _log(self, params: dict[str, Any]) -> None:
@@ -185,13 +209,12 @@ class _Training:
             best = self.callback.best_iteration if self.cv else getattr(booster, "best_iteration", None)
             self._log_best_iteration(best)
         if booster is not None:
-            tags = {}
-            for kind in self.integration.options["importance_types"] or ():
-                importance = _importance(booster, kind)
-                if importance is not None:
-                    tags[f"feature_importance_{kind}"] = importance
-            if tags:
-                self.run.set_tags(tags)
+            by_kind = {kind: found for kind in self.integration.options["importance_types"] or ()
+                       if (found := importance.scores(booster, kind)) is not None}
+            if by_kind:
+                importance.log_later(self.run, by_kind)
+                self.run.set_tags({f"feature_importance_{kind}": _importance_tag(found)  # deprecated
+                                   for kind, found in by_kind.items()})
 
     def _log_best_iteration(self, best: int | None) -> None:
         callback = self.callback
@@ -362,17 +385,15 @@ def _readable(value: Any) -> Any:
     return float(str(numpy.float32(number))) if len(digits) <= 9 else number
 
 
-def _importance(booster: Any, kind: str) -> str | None:
-    """``booster.get_score(importance_type=kind)`` as JSON, most important first, with the
-    least important features left out when the whole would exceed a tag's size."""
-    try:
-        scores = booster.get_score(importance_type=kind)
-    except Exception:  # noqa: BLE001 - a type this booster has not (gblinear has no "gain")
-        return None
-    if not scores:
-        return None
-    pieces = [f"{json.dumps(name)}: {json.dumps(float(value))}"
-              for name, value in sorted(scores.items(), key=lambda item: -item[1])]
+def _importance_tag(scores: dict[str, Any]) -> str:
+    """The deprecated tag (to be dropped next release): ``scores`` as JSON, most important
+    first, with the least important features left out when the whole would exceed a tag's
+    size. Per-class scores (gblinear's) are ranked by their sum."""
+    def total(value: Any) -> float:
+        return float(sum(value)) if isinstance(value, list) else float(value)
+
+    pieces = [f"{json.dumps(name)}: {json.dumps(value)}"
+              for name, value in sorted(scores.items(), key=lambda item: -total(item[1]))]
     size, kept = 2, 0
     for piece in pieces:
         size += len(piece) + (2 if kept else 0)

@@ -126,11 +126,7 @@ def test_feature_importance_tags(on, dmatrices):
 
 
 def test_feature_importance_is_cut_to_the_tag_limit():
-    class Booster:
-        def get_score(self, importance_type):
-            return {f"feature_{i:05d}": float(i) for i in range(2000)}
-
-    text = xgboost_autolog._importance(Booster(), "weight")
+    text = xgboost_autolog._importance_tag({f"feature_{i:05d}": float(i) for i in range(2000)})
     assert len(text) <= 8000
     kept = json.loads(text)
     assert 100 < len(kept) < 2000 and "feature_01999" in kept and "feature_00000" not in kept
@@ -279,7 +275,7 @@ def test_a_fault_in_the_callback_is_one_warning_and_the_model_is_unchanged(monke
 
 
 def test_in_strict_mode_a_fault_raises(monkeypatch, on, dmatrices):
-    monkeypatch.setattr(xgboost_autolog, "_importance",
+    monkeypatch.setattr(xgboost_autolog, "_importance_tag",
                         lambda *a: (_ for _ in ()).throw(RuntimeError("injected fault: strict")))
     with pytest.raises(RuntimeError, match="injected fault: strict"):
         xgb.train(PARAMS, dmatrices[0], 2)
