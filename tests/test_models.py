@@ -124,9 +124,9 @@ def test_what_is_not_a_model_is_refused_at_the_callers_line(store_uri):
         with pytest.raises(ValueError, match=r"\.\."):
             autolog.log_model(LogisticRegression(), "../outside")
     with pytest.raises(ValueError, match='log_models="best" needs monitor'):
-        autolog.autolog(sklearn={"log_models": "best"})
+        autolog.autolog(xgboost={"log_models": "best"})
     with pytest.raises(ValueError, match="log_models must be"):
-        autolog.autolog(sklearn={"log_models": "sometimes"})
+        autolog.autolog(xgboost={"log_models": "sometimes"})
     with pytest.raises(ValueError, match="an alias is"):
         autolog.set_model_alias("m", "latest", 1)
     with pytest.raises(ValueError, match="a model version is"):

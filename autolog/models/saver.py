@@ -43,10 +43,12 @@ from autolog.models.flavors import Flavor, flavor_of
 from autolog.models.requirements import pinned
 from autolog.models.signature import signature_of
 from autolog.run import Run
+from autolog.stores import wait_acknowledged
 from autolog.writer import get_writer
 
 HISTORY_TAG = "mlflow.log-model.history"  # MLflow's record of a run's models (its UI reads it)
 MODES = ("min", "max")
+ACKNOWLEDGED_TIMEOUT_S = 30.0  # log_models="best": how long a server may take to have the metric
 
 
 class ModelSaveError(RuntimeError):
@@ -258,9 +260,9 @@ class ModelSaver:
 
     def _beats_best(self, job: _Job) -> bool:
         best, run = job.best, job.run
-        get_writer().drain(run)
-        if run.server_id is None:  # a run still offline: nothing to compare with, so kept
-            return True
+        get_writer().drain(run)  # its metrics into the store (a server's: into the spool),
+        if not wait_acknowledged(ACKNOWLEDGED_TIMEOUT_S) or run.server_id is None:  # then sent
+            return True  # a server that is down: nothing to compare with, so the model is kept
         value = run.store.get_run(run.server_id).metrics.get(best.monitor)
         if value is None or math.isnan(value):
             warn_from_thread(f"log_models='best': run {run.id} has no metric {best.monitor!r}; "
