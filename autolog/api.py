@@ -140,10 +140,11 @@ def set_tags(tags: dict[str, Any]) -> None:
 
 
 def flush(timeout: float | None = 60.0) -> bool:
-    """Write everything pending now, then wait until every tracking server this process
-    logged to has acknowledged all that was logged before the call: params, tags, metric
-    points and the status of ended runs, then for the models queued to be saved and every
-    artifact to be uploaded. True once they have (a database store: once it is committed).
+    """Write everything pending now, wait for the models queued to be saved, then until
+    every tracking server this process logged to has acknowledged all that was logged
+    before the call: params, tags (the saved models' ``mlflow.log-model.history``
+    included), metric points and the status of ended runs, then for every artifact to be
+    uploaded. True once they have (a database store: once it is committed).
 
     False, with a warning that says what is left and how it is sent, when a write failed,
     a server refused a batch for good, a model could not be saved (strict mode:
@@ -163,8 +164,6 @@ def flush(timeout: float | None = 60.0) -> bool:
 
     if not get_writer().flush():
         return False
-    if not wait_acknowledged(left()):
-        return False
     saver = _saver.get_saver()
     if not saver.wait(left()):
         failures = saver.take_failures()
@@ -172,7 +171,7 @@ def flush(timeout: float | None = 60.0) -> bool:
             raise ModelSaveError("; ".join(failures))
         warn_user(f"autolog.flush: {'; '.join(failures) or saver.describe_left()}")
         return False
-    if not wait_acknowledged(left()):  # what the saver wrote: the runs' model history tags
+    if not wait_acknowledged(left()):  # after the saver: it records each model in a tag
         return False
     uploader = existing_uploader()
     if uploader is None or uploader.wait(left()):

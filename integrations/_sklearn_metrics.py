@@ -22,52 +22,80 @@ else (multilabel targets, multiclass or weighted ROC AUC, regressors, ...) calls
 scikit-learn's own functions, as MLflow does, without their parameter validation.
 
 Predictions are made once each: ``training_score`` reuses accuracy or R² when ``score``
-is scikit-learn's default one, and a forest's ``predict`` is the argmax of the
-``predict_proba`` already computed, exactly as the forest does it.
+is scikit-learn's default one, a forest's ``predict`` is the argmax of the
+``predict_proba`` already computed, and a linear classifier's (LinearSVC, SGDClassifier,
+Perceptron...) is the sign or argmax of its ``decision_function``, exactly as they do it.
+A classifier's predictions are returned with its metrics (:class:`Predictions`), for the
+diagnostic plots, which then predict nothing again.
 """
 
 from __future__ import annotations
 
 import inspect
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 PREFIX = "training_"
 _FOREST_CLASSIFIER = "sklearn.ensemble._forest.ForestClassifier"  # by name: no import
+_LINEAR_CLASSIFIER = "sklearn.linear_model._base.LinearClassifierMixin"
 _score_takes_weight: dict[Any, bool] = {}
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """A classifier's predictions on its training set, made for the training metrics."""
+
+    y_pred: Any
+    proba: Any = None  # predict_proba's, where the estimator has it
+    decision: Any = None  # decision_function's, where predict is derived from it
+
+
 def training_metrics(estimator: Any, X: Any, y: Any, sample_weight: Any,
-                     pos_label: Any = None) -> dict[str, float]:
-    """The ``training_*`` metrics of ``estimator`` fitted on ``X``, ``y``."""
+                     pos_label: Any = None) -> tuple[dict[str, float], Predictions | None]:
+    """The ``training_*`` metrics of ``estimator`` fitted on ``X``, ``y``, and a
+    classifier's predictions they were computed from (None for any other estimator, or
+    one that could not predict)."""
     from sklearn.base import is_classifier, is_regressor
 
     metrics: dict[str, float] = {}
+    predictions = None
     if y is not None and is_classifier(estimator):
-        metrics = _classifier_metrics(estimator, X, y, sample_weight, pos_label)
+        predictions = classifier_predictions(estimator, X)
+        if predictions is not None:
+            metrics = classification_metrics(estimator, y, predictions.y_pred, predictions.proba,
+                                              sample_weight, pos_label)
     elif y is not None and is_regressor(estimator):
         metrics = _regressor_metrics(estimator, X, y, sample_weight)
     score = _training_score(estimator, X, y, sample_weight, metrics)
     if score is not None:
         metrics[PREFIX + "score"] = score
-    return metrics
+    return metrics, predictions
 
 
 # -- classifiers ---------------------------------------------------------------------------
 
 
-def _classifier_metrics(estimator, X, y, sample_weight, pos_label) -> dict[str, float]:
+def classifier_predictions(estimator, X) -> Predictions | None:
+    """``predict`` (and ``predict_proba``) on ``X``, each computed once; None when the
+    model cannot predict (MLflow then logs no metric either)."""
     try:
-        proba = estimator.predict_proba(X) if hasattr(estimator, "predict_proba") else None
-        if proba is not None and _predict_is_argmax_of_proba(estimator):
-            y_pred = estimator.classes_.take(np.argmax(proba, axis=1), axis=0)
-        else:
-            y_pred = estimator.predict(X)
+        if hasattr(estimator, "predict_proba"):
+            proba = estimator.predict_proba(X)
+            if _predict_is_argmax_of_proba(estimator):
+                return Predictions(estimator.classes_.take(np.argmax(proba, axis=1), axis=0), proba)
+            return Predictions(estimator.predict(X), proba)
+        if _defined_by(estimator, "predict", _LINEAR_CLASSIFIER):
+            decision = estimator.decision_function(X)
+            if isinstance(decision, np.ndarray):  # not an array API namespace's array
+                chosen = (decision > 0).astype(np.intp) if decision.ndim == 1 \
+                    else np.argmax(decision, axis=1)
+                return Predictions(estimator.classes_.take(chosen, axis=0), decision=decision)
+        return Predictions(estimator.predict(X))
     except Exception:  # noqa: BLE001 - the model cannot predict: MLflow logs no metric either
-        return {}
-    return classification_metrics(estimator, y, y_pred, proba, sample_weight, pos_label)
+        return None
 
 
 def classification_metrics(estimator, y, y_pred, proba, sample_weight,
@@ -100,9 +128,14 @@ def unchecked():
 
 def _predict_is_argmax_of_proba(estimator) -> bool:
     """True for forests, whose ``predict`` is the argmax of ``predict_proba``."""
-    owner = _defining_class(type(estimator), "predict")
-    return (owner is not None and getattr(estimator, "n_outputs_", None) == 1
-            and f"{owner.__module__}.{owner.__qualname__}" == _FOREST_CLASSIFIER)
+    return getattr(estimator, "n_outputs_", None) == 1 \
+        and _defined_by(estimator, "predict", _FOREST_CLASSIFIER)
+
+
+def _defined_by(estimator, method: str, dotted: str) -> bool:
+    """Whether ``estimator``'s ``method`` is the one of the class named ``dotted``."""
+    owner = _defining_class(type(estimator), method)
+    return owner is not None and f"{owner.__module__}.{owner.__qualname__}" == dotted
 
 
 class _FastClassification:

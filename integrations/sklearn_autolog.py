@@ -24,6 +24,11 @@ Estimators of a framework that has its own integration (XGBoost's ``XGBClassifie
 are fitted and logged by that integration; this one never wraps their fit methods.
 Preprocessing classes are not logged on their own (the ``exclude`` option; MLflow's list),
 only as part of a Pipeline.
+
+After the fit (and its metrics), the fitted estimator is logged as ``model`` in MLflow's
+format, and a refit search's ``best_estimator_`` as ``best_estimator`` (MLflow's names;
+the model options of :data:`MODEL_OPTIONS`), then its diagnostics are queued
+(:mod:`._sklearn_diagnostics`); both are saved on the model saver's thread.
 """
 
 from __future__ import annotations
@@ -37,11 +42,13 @@ from types import FunctionType, ModuleType
 from typing import Any
 
 import wrapt
+from autolog_integrations import _sklearn_diagnostics as diagnostics
 from autolog_integrations import _sklearn_post_training as post_training
 from autolog_integrations._sklearn_metrics import training_metrics
 
 from autolog.integration import Integration, Probe
 from autolog.lifecycle import INTEGRATION_TAG, start_run
+from autolog.models.options import MODEL_OPTIONS, log_fitted
 from autolog.patching import current_owner, outermost
 from autolog.run import Run
 
@@ -103,6 +110,10 @@ class SklearnIntegration(Integration):
         "log_post_training_metrics": True,
         "pos_label": None,  # binary precision/recall/F1 for this label instead of weighted
         "exclude": EXCLUDED_BY_DEFAULT,
+        # confusion matrix, ROC and PR curves, cv_results.csv, estimator.html (drawn off
+        # the training thread, from the training metrics' predictions)
+        "log_diagnostics": True,
+        **MODEL_OPTIONS,
     }
     probes = (
         Probe(JOBLIB_TASKS, "sklearn.utils.parallel._FuncWrapper.__call__",
@@ -279,18 +290,40 @@ class SklearnIntegration(Integration):
                 run.log_autolog_params(estimator.get_params(deep=not search), self.name)
                 run.set_tags(_estimator_tags(estimator))
             result = wrapped(*args, **kwargs)
+            X = y = sample_weight = predictions = None
             with self.guard():
-                metrics = {}
-                if self.options["log_training_metrics"]:
-                    X, y, sample_weight = _fit_data(wrapped, args, kwargs)
-                    metrics = training_metrics(estimator, X, y, sample_weight, self.options["pos_label"])
-                if search:
-                    self._log_search(run, estimator, metrics)
-                for key, value in metrics.items():
-                    run.log_metric(key, value)
-                if self.options["log_post_training_metrics"]:
-                    post_training.remember_fitted(estimator, run)
+                X, y, sample_weight = _fit_data(wrapped, args, kwargs)
+                predictions = self._log_training(run, estimator, search, X, y, sample_weight)
+            with self.guard():  # after the metrics: log_models="best" compares them
+                self._log_models(run, estimator, search, X, y)
+            if self.options["log_diagnostics"]:
+                with self.guard():
+                    diagnostics.log_diagnostics(run, estimator, y, sample_weight, predictions, search)
             return result
+
+    def _log_training(self, run: Run, estimator: Any, search: bool, X: Any, y: Any,
+                      sample_weight: Any):
+        """The training metrics (and a search's results); the classifier's predictions
+        they were computed from, or None."""
+        metrics, predictions = {}, None
+        if self.options["log_training_metrics"]:
+            metrics, predictions = training_metrics(estimator, X, y, sample_weight,
+                                                    self.options["pos_label"])
+        if search:
+            self._log_search(run, estimator, metrics)
+        for key, value in metrics.items():
+            run.log_metric(key, value)
+        if self.options["log_post_training_metrics"]:
+            post_training.remember_fitted(estimator, run)
+        return predictions
+
+    def _log_models(self, run: Run, estimator: Any, search: bool, X: Any, y: Any) -> None:
+        """The fitted estimator as ``model``; a search's refitted best one also as
+        ``best_estimator`` (MLflow's names)."""
+        log_fitted(run, estimator, self.options, inputs=X, outputs=y, name="model")
+        if search and hasattr(estimator, "best_estimator_"):
+            log_fitted(run, estimator.best_estimator_, self.options, inputs=X, outputs=y,
+                       name="best_estimator")
 
     def _is_search(self, estimator: Any) -> bool:
         """A search estimator (a subclass of BaseSearchCV, by name: no import), where the

@@ -36,6 +36,7 @@ from sklearn.svm import SVC
 
 import autolog
 from autolog.integration import get as get_integration
+from autolog.models.saver import get_saver
 
 CLASSIFIER_METRICS = {
     "training_accuracy_score", "training_precision_score", "training_recall_score",
@@ -53,6 +54,15 @@ def default_options():
     yield
     integration = get_integration("sklearn")
     integration.options = dict(integration.default_options)
+
+
+@pytest.fixture(autouse=True)
+def models_saved():
+    """The models and diagnostics a test's fits queued are saved (without a failure)
+    before its store closes, not during the next test."""
+    yield
+    saved = get_saver().wait(120)
+    assert saved, get_saver().take_failures() or get_saver().describe_left()
 
 
 @pytest.fixture
@@ -676,7 +686,7 @@ def test_opting_out_by_flag_or_environment(monkeypatch, data):
 def test_autolog_before_scikit_learn_is_imported(tmp_path):
     script = """
 import autolog
-autolog.autolog()
+autolog.autolog(sklearn={"log_models": False, "log_diagnostics": False})  # the hook, not models
 from sklearn.linear_model import LogisticRegression
 from sklearn.datasets import make_classification
 LogisticRegression().fit(*make_classification(60, 4, random_state=0))

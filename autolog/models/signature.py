@@ -74,7 +74,11 @@ def schema_of(data: Any) -> list[dict] | None:
             return _series_schema(data)
         return None
     if module == "numpy" and hasattr(data, "dtype"):
-        return None if data.dtype.kind in "OV" else _tensor_schema(str(data.dtype), data.shape)
+        if data.dtype.kind in "OV":
+            return None
+        # MLflow refuses a width ("<U3"): text and bytes are "str" and "bytes", as it infers them
+        name = {"U": "str", "S": "bytes"}.get(data.dtype.kind, str(data.dtype))
+        return _tensor_schema(name, data.shape)
     if module == "torch" and hasattr(data, "dtype"):  # read without moving it off its device
         name = str(data.dtype).removeprefix("torch.")
         return _tensor_schema(name, tuple(data.shape)) if name in _TORCH_DTYPES else None
