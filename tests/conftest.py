@@ -13,6 +13,7 @@ import autolog  # noqa: E402
 from autolog import run as run_module  # noqa: E402
 from autolog.artifacts import uploader as uploader_module  # noqa: E402
 from autolog.config import settings  # noqa: E402
+from autolog.models.saver import get_saver  # noqa: E402
 from autolog.stores import close_all  # noqa: E402
 from autolog.writer import get_writer  # noqa: E402
 
@@ -33,6 +34,10 @@ def isolated_autolog(tmp_path, monkeypatch):
     while (run := run_module.active_run()) is not None:
         run.end()
     autolog.autolog(disable=True)
+    saver = get_saver()  # the test's models are saved into its own store and staging area
+    assert saver.wait(300) or not saver.describe_left(), "a model save did not finish"
+    failures = saver.take_failures()
+    assert not failures, f"a model save failed during the test: {failures}"
     assert get_writer().flush(), "a write failed during the test"
     uploader = uploader_module.existing_uploader()
     if uploader is not None:  # each test stages into its own spool folder
