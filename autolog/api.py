@@ -8,6 +8,7 @@ about params, the writer writes, the store stores.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -427,3 +428,32 @@ def get_model_version_by_alias(name: str, alias: str) -> Any:
     ``models:/name@alias`` resolves it."""
     return _registry.version_by_alias(settings.resolved_tracking_uri(), _registry.check_name(name),
                                       _registry.check_alias(alias))
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+# MLflow's tag naming a run's latest checkpoint artifact: the Lightning integration sets it
+# with checkpoint=True, and mlflow.pytorch.load_checkpoint reads it too
+_CHECKPOINT_TAG = "mlflow.latest_checkpoint_artifact"
+
+
+def load_checkpoint(model_class: Any, run_id: str | None = None, kwargs: dict | None = None) -> Any:
+    """The Lightning module restored from the checkpoint that
+    ``autolog(lightning={"checkpoint": True})`` logged into ``run_id`` (the active run when
+    None): downloaded, then ``model_class.load_from_checkpoint(path, **kwargs)``, as MLflow's
+    ``mlflow.pytorch.load_checkpoint`` does. To resume training instead, pass the file
+    ``download_artifacts(run_id, get_run(run_id).tags["mlflow.latest_checkpoint_artifact"])``
+    to ``trainer.fit(..., ckpt_path=)``."""
+    if not callable(getattr(model_class, "load_from_checkpoint", None)):
+        raise TypeError(f"model_class must be a LightningModule class, got {model_class!r}")
+    if run_id is None:
+        run = _active()
+        if run is None:
+            raise ValueError("load_checkpoint: no active run; pass run_id=")
+        run_id = run.id
+    path = get_run(run_id).tags.get(_CHECKPOINT_TAG)
+    if path is None:
+        raise ValueError(f"run {run_id} has no logged checkpoint (the Lightning integration logs "
+                         f"the best one with autolog(lightning={{'checkpoint': True}}))")
+    with tempfile.TemporaryDirectory(prefix="autolog-checkpoint-") as folder:
+        return model_class.load_from_checkpoint(download_artifacts(run_id, path, folder), **(kwargs or {}))

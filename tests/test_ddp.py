@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 
+import mlflow
 import pytest
 
 import autolog
@@ -104,6 +105,12 @@ def steps(run_id: str, key: str) -> list[int]:
     return [m.step for m in autolog.get_metric_history(run_id, key)]
 
 
+def artifacts(store_uri: str, run_id: str) -> list[str]:
+    """The run's artifacts, as MLflow's client lists them (the script saved its model and
+    uploaded it before it exited)."""
+    return sorted(entry.path for entry in mlflow.MlflowClient(store_uri).list_artifacts(run_id))
+
+
 @pytest.mark.timeout(TIMEOUT + 30)
 def test_lightning_ddp_logs_one_run_from_rank_zero(tmp_path, store_uri):
     run_script(LIGHTNING_SCRIPT, tmp_path, store_uri, "auto")
@@ -114,6 +121,7 @@ def test_lightning_ddp_logs_one_run_from_rank_zero(tmp_path, store_uri):
     assert steps(run.info.run_id, "train_loss_step") == list(range(1, 9))
     assert steps(run.info.run_id, "train_loss_epoch") == [0, 1]
     assert steps(run.info.run_id, "val_loss") == [0, 1]
+    assert artifacts(store_uri, run.info.run_id) == ["model", "model_summary.txt"]
 
 
 @pytest.mark.timeout(TIMEOUT + 30)
@@ -122,6 +130,8 @@ def test_lightning_ddp_rank_one_logs_nothing_into_its_own_run(tmp_path, store_ur
     runs = {run.info.run_name: run for run in autolog.search_runs()}
     assert set(runs) == {"rank-0", "rank-1"}
     assert runs["rank-1"].params == {} and runs["rank-1"].metrics == {}
+    assert artifacts(store_uri, runs["rank-1"].info.run_id) == []  # no model from rank 1
+    assert artifacts(store_uri, runs["rank-0"].info.run_id) == ["model", "model_summary.txt"]
     assert runs["rank-0"].params["epochs"] == "2"
     assert steps(runs["rank-0"].info.run_id, "train_loss_step") == list(range(1, 9))
 
@@ -133,6 +143,7 @@ def test_lightning_ddp_spawn_logs_params_and_warns_but_never_twice(tmp_path, sto
     (run,) = autolog.search_runs()  # the children log nothing, not even through torch
     assert run.status == "FINISHED" and run.tags["autolog.integration"] == "lightning"
     assert run.params["epochs"] == "2" and run.metrics == {}
+    assert artifacts(store_uri, run.info.run_id) == []
 
 
 def free_port() -> int:

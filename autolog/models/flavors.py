@@ -11,10 +11,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-# MLflow warns at every scikit-learn save in a pickle format (it recommends skops, which
-# refuses custom estimators and is not installed with scikit-learn). autolog chose
-# cloudpickle, as MLflow's own autolog does, so that warning is not the user's to act on.
-_PICKLE_ADVICE = "Saving scikit-learn models in the pickle or cloudpickle format"
+# MLflow warns at every scikit-learn or PyTorch save in a pickle format (it recommends skops,
+# which refuses custom estimators and is not installed with scikit-learn, or torch.export's
+# pt2, which needs an input example and fails on a forward with Python control flow).
+# autolog chose cloudpickle, as MLflow's own autolog does, so that warning is not the
+# user's to act on.
+_PICKLE_ADVICE = ("Saving scikit-learn models in the pickle or cloudpickle format",
+                  "Saving pytorch model by Pickle or CloudPickle format")
 
 
 class _DropPickleAdvice(logging.Filter):
@@ -34,8 +37,8 @@ class Flavor:
         """``mlflow.<flavor>.save_model(model, path, ...)`` (imports MLflow: seconds the first
         time, so only ever on the saver's thread)."""
         module = importlib.import_module(f"mlflow.{self.name}")
-        if self.name == "sklearn":
-            logging.getLogger("mlflow.sklearn").addFilter(_DROP_PICKLE_ADVICE)
+        if self.name in ("sklearn", "pytorch"):
+            logging.getLogger(f"mlflow.{self.name}").addFilter(_DROP_PICKLE_ADVICE)
         module.save_model(model, path, **dict(self.save_options), **kwargs)
 
 
@@ -44,7 +47,9 @@ _DROP_PICKLE_ADVICE = _DropPickleAdvice()
 SKLEARN = Flavor("sklearn", ("sklearn", "cloudpickle", "numpy", "scipy"),
                  (("serialization_format", "cloudpickle"),))
 XGBOOST = Flavor("xgboost", ("xgboost", "numpy", "scipy"))
-PYTORCH = Flavor("pytorch", ("torch", "cloudpickle", "numpy"))
+# MLflow's default for PyTorch is now pt2 (torch.export), which needs an input example and
+# traces forward; its own autolog saves with pickle, as here.
+PYTORCH = Flavor("pytorch", ("torch", "cloudpickle", "numpy"), (("serialization_format", "pickle"),))
 
 # (a class in the model's MRO, "<module>.<qualname>"; the flavor), the first match wins:
 # XGBoost's scikit-learn classes are scikit-learn estimators too. A LightningModule is a
