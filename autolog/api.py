@@ -22,6 +22,7 @@ from autolog.artifacts.paths import check_file_name
 from autolog.artifacts.uploader import existing_uploader
 from autolog.config import check_on_conflict, settings, strict
 from autolog.config import warn as warn_user
+from autolog.datasets import describe
 from autolog.lifecycle import active_or_new, current_store
 from autolog.lifecycle import end_run as end_run  # the API's own, re-exported (X as X)
 from autolog.lifecycle import start_run as start_run
@@ -138,6 +139,19 @@ def set_tag(key: str, value: Any) -> None:
 
 def set_tags(tags: dict[str, Any]) -> None:
     active_or_new().set_tags(tags)
+
+
+def log_input(features: Any, targets: Any = None, *, context: str | None = "train",
+              name: str | None = None) -> None:
+    """Record the data a run used as an MLflow dataset input (what ``mlflow.log_input``
+    records, shown on the run in MLflow's UI): its digest, schema, row count and source,
+    with ``context`` (``"train"``, ``"eval"``...) as its input tag.
+
+    ``features`` (and ``targets``) are numpy arrays, pandas DataFrames or Series, or scipy
+    sparse matrices; the name defaults to ``"dataset"``. Described here, from a sample
+    (see :mod:`autolog.datasets`), and written by the background writer."""
+    dataset = describe(features, targets, context=context, name=name)
+    active_or_new().log_inputs([dataset])
 
 
 def flush(timeout: float | None = 60.0) -> bool:

@@ -23,11 +23,12 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from autolog.artifacts.uploader import RunTarget
 from autolog.ledger import ParamLedger
-from autolog.stores.base import FAILED, FINISHED, KILLED, RUN_STATUSES, RunInfo, Store
+from autolog.stores.base import FAILED, FINISHED, KILLED, RUN_STATUSES, DatasetInput, RunInfo, Store
 from autolog.validation import (
     check_metric_key,
     check_step,
@@ -86,6 +87,7 @@ class Run:
         self.lazy_metric_queue: deque = deque()
         self.pending_params: deque[dict[str, str]] = deque()
         self.pending_tags: deque[dict[str, str]] = deque()
+        self.pending_inputs: deque[tuple[DatasetInput, ...]] = deque()
         self.in_flight = 0  # points the writer is sending right now
         self.final_status: str | None = None
         self.end_time: int | None = None
@@ -197,6 +199,17 @@ class Run:
         if checked:
             self.pending_tags.append(checked)
 
+    def log_inputs(self, inputs: Iterable[DatasetInput]) -> None:
+        """Queue dataset inputs (see :mod:`autolog.datasets`) for the writer; they are
+        written with the run's other data, never on this thread."""
+        inputs = tuple(inputs)
+        for item in inputs:
+            if not isinstance(item, DatasetInput):
+                raise TypeError(f"log_inputs takes DatasetInput values (autolog.datasets."
+                                f"describe), got {type(item).__name__}")
+        if inputs:
+            self.pending_inputs.append(inputs)
+
     def artifact_target(self) -> RunTarget:
         """Where this run's artifacts go. A run started offline has no artifact URI until
         its server creates it: the uploader thread asks for it until then."""
@@ -271,14 +284,15 @@ class Run:
 
     def has_pending(self) -> bool:
         return bool(self.metric_queue or self.lazy_metric_queue or self.pending_params
-                    or self.pending_tags or self.in_flight or self.final_status is not None)
+                    or self.pending_tags or self.pending_inputs or self.in_flight
+                    or self.final_status is not None)
 
     def pending_count(self) -> int:
         return len(self.metric_queue) + len(self.lazy_metric_queue) + self.in_flight
 
     def discard_pending(self) -> None:
         for queue in (self.metric_queue, self.lazy_metric_queue, self.pending_params,
-                      self.pending_tags):
+                      self.pending_tags, self.pending_inputs):
             if isinstance(queue, deque):
                 queue.clear()
 

@@ -26,6 +26,14 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_ENTITIES_PER_BATCH = 1000
 MAX_BATCH_REQUEST_BYTES = 1_000_000
+# A dataset input's fields (mlflow/utils/validation.py; the source type: its column's size)
+MAX_DATASET_NAME_LENGTH = 500
+MAX_DATASET_DIGEST_LENGTH = 36
+MAX_DATASET_SOURCE_TYPE_LENGTH = 36
+MAX_DATASET_SOURCE_LENGTH = 65535
+MAX_DATASET_SCHEMA_LENGTH = 1048575
+MAX_DATASET_PROFILE_LENGTH = 16777215
+MAX_INPUT_TAG_VALUE_LENGTH = 500
 
 _KEY_CHARACTERS = re.compile(r"^[/\w.\- :]*$")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -107,6 +115,23 @@ def check_param_value(key: str, stored: str) -> str:
             f"{MAX_PARAM_VALUE_LENGTH}"
         )
     return stored
+
+
+def check_dataset_field(field: str, value: object, limit: int, required: bool = True) -> str | None:
+    """A field of a dataset input (its name, digest, schema, ...): text a store can keep,
+    at most ``limit`` characters; None only where not ``required``."""
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"dataset {field} must be a string, got {type(value).__name__}: "
+                        f"{_short(value)}")
+    if required and not value:
+        raise ValueError(f"dataset {field} must not be empty")
+    check_text(f"dataset {field}", value)
+    if len(value) > limit:
+        raise ValueError(f"dataset {field} {_short(value)} is {len(value)} characters; the "
+                         f"limit is {limit}")
+    return value
 
 
 def check_tag_value(key: str, value: object) -> str:

@@ -47,11 +47,12 @@ import threading
 import time
 import warnings
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autolog.config import AutologWarning, env_float, users_stacklevel
-from autolog.stores.base import ParamRefusedError, RunNotFoundError
+from autolog.stores.base import DatasetInput, ParamRefusedError, RunNotFoundError
 from autolog.validation import to_floats
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class Writer:
             self._writing = True
             try:
                 wrote = self._write_params_and_tags(run)
+                wrote += self._write_inputs(run)
                 wrote += self._write_metrics(run)
                 if run.final_status is not None:
                     run.store.update_run(run.id, run.final_status, run.end_time)
@@ -207,6 +209,23 @@ class Writer:
         return wrote
 
     @staticmethod
+    def _write_inputs(run: Run) -> int:
+        """Dataset inputs, one queued call at a time; a call the store cannot encode is
+        dropped with a warning (retrying cannot help)."""
+        wrote = 0
+        queue = run.pending_inputs
+        while queue:
+            inputs = queue[0]
+            try:
+                run.store.log_inputs(run.id, inputs)
+            except UNSENDABLE as exc:
+                _warn(f"{len(inputs)} dataset input(s) of run {run.id} dropped, {run.store.uri} "
+                      f"cannot take them ({type(exc).__name__}: {exc})")
+            queue.popleft()
+            wrote += 1
+        return wrote
+
+    @staticmethod
     def _write_one_by_one(run: Run, kind: str, values: dict[str, str], exc: Exception) -> None:
         """The store cannot encode some value of ``values``: write the others."""
         refused = []
@@ -298,8 +317,9 @@ class Writer:
         rows += _convert(_take(run.lazy_metric_queue, len(run.lazy_metric_queue)))
         params = _merged(run.pending_params)
         tags = _merged(run.pending_tags)
+        inputs = _take(run.pending_inputs, len(run.pending_inputs))
         try:
-            self.fallback.keep(run, rows, params, tags, status=run.final_status,
+            self.fallback.keep(run, rows, params, tags, inputs, status=run.final_status,
                                end_time=run.end_time)
         except Exception as exc:  # noqa: BLE001 - nowhere left to keep them: say so
             what = f"{len(rows)} metric points" + (
@@ -348,15 +368,16 @@ class Fallback:
         return self._failed_at is not None and time.monotonic() - self._failed_at < SPILL_PAUSE_S
 
     def keep(self, run: Run, rows: list, params: dict[str, str] | None = None,
-             tags: dict[str, str] | None = None, status: str | None = None,
-             end_time: int | None = None) -> None:
-        """Commit to the spool, in one transaction, what ``run``'s store did not take."""
-        from autolog.stores.spool.rows import encode_entries, status_entry
+             tags: dict[str, str] | None = None, inputs: Sequence[Sequence[DatasetInput]] = (),
+             status: str | None = None, end_time: int | None = None) -> None:
+        """Commit to the spool, in one transaction, what ``run``'s store did not take
+        (``inputs``: the queued calls of dataset inputs)."""
+        from autolog.stores.spool.rows import encode_entries, inputs_entry, status_entry
         from autolog.stores.spool.spool_file import OFFLINE_RUN_PREFIX, SpoolFile
 
         if run.id.startswith(OFFLINE_RUN_PREFIX):  # not on the server: no id to send it under
             raise RuntimeError("the run was started offline and is not on the server yet")
-        entries = encode_entries(rows, params, tags)
+        entries = encode_entries(rows, params, tags) + [inputs_entry(batch) for batch in inputs]
         if status is not None:
             entries.append(status_entry(status, end_time))
         if not entries:

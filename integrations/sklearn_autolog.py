@@ -46,6 +46,7 @@ from autolog_integrations import _sklearn_diagnostics as diagnostics
 from autolog_integrations import _sklearn_post_training as post_training
 from autolog_integrations._sklearn_metrics import training_metrics
 
+from autolog.datasets import log_if_supported
 from autolog.integration import Integration, Probe
 from autolog.lifecycle import INTEGRATION_TAG, start_run
 from autolog.models.options import MODEL_OPTIONS, log_fitted
@@ -289,6 +290,9 @@ class SklearnIntegration(Integration):
             with self.guard():
                 run.log_autolog_params(estimator.get_params(deep=not search), self.name)
                 run.set_tags(_estimator_tags(estimator))
+            with self.guard():  # the training data, as an MLflow dataset input
+                X, y, _ = _fit_data(wrapped, args, kwargs)
+                log_if_supported(run, X, y, context="train")
             result = wrapped(*args, **kwargs)
             X = y = sample_weight = predictions = None
             with self.guard():

@@ -53,6 +53,7 @@ from typing import Any
 
 from autolog_integrations import _xgboost_importance as importance
 
+from autolog.datasets import SAMPLE_ELEMENTS, DatasetInput, describe_tensor, log_if_supported
 from autolog.integration import Integration, Probe
 from autolog.models.options import MODEL_OPTIONS, log_fitted
 from autolog.patching import current_owner, outermost
@@ -110,6 +111,8 @@ class XGBoostIntegration(Integration):
                 run.set_tags({"estimator_name": cls.__name__,
                               "estimator_class": f"{cls.__module__}.{cls.__name__}"})
                 call_site = user_call_site()
+            with self.guard():
+                _log_fit_data(run, wrapped, args, kwargs)
             self._local.sklearn_fit = (run, call_site)
             try:
                 result = wrapped(*args, **kwargs)
@@ -133,7 +136,8 @@ class XGBoostIntegration(Integration):
         sklearn_fit = getattr(self._local, "sklearn_fit", None)
         if sklearn_fit is not None and not cv:  # the train call of an XGBModel.fit
             self._local.sklearn_fit = None
-            # its model is the estimator, logged by _on_sklearn_fit, not this Booster
+            # its model is the estimator, logged by _on_sklearn_fit, not this Booster;
+            # its data: the fit's X, y and eval_set
             return _Training(self, sklearn_fit[0], wrapped, cv, sklearn_fit[1],
                              logs_booster=False).call(args, kwargs)
         if current_owner() is not None:
@@ -151,6 +155,8 @@ class _Training:
     def __init__(self, integration: XGBoostIntegration, run: Run, function: Callable, cv: bool,
                  call_site: str, logs_booster: bool) -> None:
         self.integration, self.run, self.function, self.cv = integration, run, function, cv
+        # A train of its own (not cv, not a scikit-learn fit's inner one) logs its Booster,
+        # and its dtrain and evals as dataset inputs (a scikit-learn fit logs its X, y).
         self.call_site, self.logs_booster = call_site, logs_booster
         self.callback = None
         self.unset: list[str] = []  # booster params given as None: logged after training
@@ -166,6 +172,9 @@ class _Training:
             bound.arguments["callbacks"] = [callback, *user_callbacks]
             call_args, call_kwargs = bound.args, bound.kwargs
             self.callback = callback
+        if self.logs_booster and bound is not None:
+            with self.integration.guard():
+                _log_dmatrices(self.run, bound)
         try:
             result = self.function(*call_args, **call_kwargs)
         except BaseException:
@@ -401,6 +410,40 @@ def _importance_tag(scores: dict[str, Any]) -> str:
             break
         kept += 1
     return "{" + ", ".join(pieces[:kept]) + "}"
+
+
+def _log_fit_data(run: Run, fit: Callable, args: tuple, kwargs: dict) -> None:
+    """A scikit-learn-API fit's ``X``, ``y`` (``train``) and each ``eval_set`` pair (``eval``,
+    named ``validation_<i>`` as XGBoost names its metrics) as dataset inputs."""
+    arguments = inspect.signature(fit).bind_partial(*args, **kwargs).arguments
+    log_if_supported(run, arguments.get("X"), arguments.get("y"), context="train")
+    for index, pair in enumerate(arguments.get("eval_set") or ()):
+        log_if_supported(run, pair[0], pair[1], context="eval", name=f"validation_{index}")
+
+
+def _log_dmatrices(run: Run, bound: inspect.BoundArguments) -> None:
+    """``train``'s ``dtrain`` (``train``) and each of its ``evals`` (``eval``, under its
+    name) as dataset inputs, as MLflow's autologging records them."""
+    inputs = []
+    dtrain = bound.arguments.get("dtrain")
+    if dtrain is not None:
+        inputs.append(_dmatrix_input(dtrain, "train", None))
+    for dmatrix, name in bound.arguments.get("evals") or ():
+        inputs.append(_dmatrix_input(dmatrix, "eval", str(name)))
+    run.log_inputs(inputs)
+
+
+def _dmatrix_input(dmatrix: Any, context: str, name: str | None) -> DatasetInput:
+    """A DMatrix described without reading its data: its shape, feature names and types,
+    and its first labels identify it; MLflow describes one as the float32 array of its
+    features (``DMatrix.get_data``), so the schema and profile say the same."""
+    import numpy
+
+    shape = (int(dmatrix.num_row()), int(dmatrix.num_col()))
+    labels = numpy.asarray(dmatrix.get_label())[:SAMPLE_ELEMENTS]
+    identity = [json.dumps([dmatrix.feature_names, dmatrix.feature_types]).encode(),
+                labels.tobytes()]
+    return describe_tensor(shape, "float32", 4, identity, context=context, name=name)
 
 
 def _remember_fitted(model: Any, run: Run) -> None:

@@ -1,6 +1,7 @@
 """The Store protocol every backend implements, and the records it exchanges.
 
-A store knows runs, params, tags and metric points; it knows nothing about frameworks.
+A store knows runs, params, tags, metric points and dataset inputs; it knows nothing
+about frameworks.
 Timestamps are integer milliseconds since the epoch and steps are integers, as in MLflow.
 """
 
@@ -10,6 +11,17 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from autolog.validation import (
+    MAX_DATASET_DIGEST_LENGTH,
+    MAX_DATASET_NAME_LENGTH,
+    MAX_DATASET_PROFILE_LENGTH,
+    MAX_DATASET_SCHEMA_LENGTH,
+    MAX_DATASET_SOURCE_LENGTH,
+    MAX_DATASET_SOURCE_TYPE_LENGTH,
+    MAX_INPUT_TAG_VALUE_LENGTH,
+    check_dataset_field,
+)
 
 RUNNING, FINISHED, FAILED, KILLED, SCHEDULED = "RUNNING", "FINISHED", "FAILED", "KILLED", "SCHEDULED"
 RUN_STATUSES = (RUNNING, FINISHED, FAILED, KILLED, SCHEDULED)
@@ -56,6 +68,40 @@ class Metric:
 
     def __hash__(self) -> int:
         return hash((self.key, self.timestamp, self.step))
+
+
+# The input tag that says what a dataset was to the run ("train", "eval"), MLflow's name
+DATASET_CONTEXT_TAG = "mlflow.data.context"
+
+
+@dataclass(frozen=True)
+class DatasetInput:
+    """A dataset a run used, as MLflow records it (``mlflow.entities.DatasetInput``): the
+    dataset's fields, stored once per experiment, name and digest, and the context the
+    run used it in (the input tag :data:`DATASET_CONTEXT_TAG`; None: no tag).
+
+    ``source`` is JSON (for a ``code`` source: the system tags of the code that logged
+    it), ``schema`` and ``profile`` are JSON or None. Each field is checked against
+    MLflow's limits here: a bad one raises where the input is made, not in the writer."""
+
+    name: str
+    digest: str
+    source_type: str
+    source: str
+    schema: str | None = None
+    profile: str | None = None
+    context: str | None = None
+
+    def __post_init__(self) -> None:
+        for field_name, limit, required in (
+                ("name", MAX_DATASET_NAME_LENGTH, True),
+                ("digest", MAX_DATASET_DIGEST_LENGTH, True),
+                ("source_type", MAX_DATASET_SOURCE_TYPE_LENGTH, True),
+                ("source", MAX_DATASET_SOURCE_LENGTH, True),
+                ("schema", MAX_DATASET_SCHEMA_LENGTH, False),
+                ("profile", MAX_DATASET_PROFILE_LENGTH, False),
+                ("context", MAX_INPUT_TAG_VALUE_LENGTH, False)):
+            check_dataset_field(field_name, getattr(self, field_name), limit, required)
 
 
 @dataclass(frozen=True)
@@ -130,6 +176,12 @@ class Store(Protocol):
         params: dict[str, str] | None = None,
         tags: dict[str, str] | None = None,
     ) -> None: ...
+
+    def log_inputs(self, run_id: str, inputs: Sequence[DatasetInput]) -> None:
+        """Record datasets the run used, as MLflow's ``log_inputs`` does: a dataset is
+        stored once per (experiment, name, digest), and a run that logs one again gets no
+        second input row (so writing the same inputs twice is harmless)."""
+        ...
 
     def get_run(self, run_id: str) -> RunRecord: ...
 

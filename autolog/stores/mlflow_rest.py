@@ -50,6 +50,8 @@ from urllib3.util import Retry
 
 from autolog.config import env_flag, env_float
 from autolog.stores.base import (
+    DATASET_CONTEXT_TAG,
+    DatasetInput,
     Experiment,
     InvalidSearchError,
     Metric,
@@ -306,6 +308,32 @@ def tag_bodies(tags: dict[str, str]) -> Iterator[tuple[int, bytes]]:
 
     for chunk in _chunks(list(tags.items()), MAX_PARAMS_TAGS_PER_BATCH):
         yield from _split_to_limit(chunk, encode)
+
+
+_DATASET_FIELDS = ("name", "digest", "source_type", "source", "schema", "profile")
+
+
+def input_body(inputs: Sequence[DatasetInput]) -> bytes:
+    """A log-inputs body (without ``run_id``), as MLflow's client writes one: each input's
+    dataset, and its context as the input tag ``mlflow.data.context``."""
+    datasets = []
+    for item in inputs:
+        dataset = {name: getattr(item, name) for name in _DATASET_FIELDS
+                   if getattr(item, name) is not None}
+        tags = [] if item.context is None else [{"key": DATASET_CONTEXT_TAG, "value": item.context}]
+        datasets.append({"tags": tags, "dataset": dataset})
+    return _dumps({"datasets": datasets})
+
+
+def inputs_from_body(body: bytes) -> list[DatasetInput]:
+    """The inputs of an :func:`input_body` (raises ``KeyError``, ``TypeError`` or
+    ``ValueError`` on a body that is not one)."""
+    inputs = []
+    for entry in json.loads(body)["datasets"]:
+        tags = {tag["key"]: tag["value"] for tag in entry.get("tags", ())}
+        inputs.append(DatasetInput(**{name: entry["dataset"].get(name) for name in _DATASET_FIELDS},
+                                   context=tags.get(DATASET_CONTEXT_TAG)))
+    return inputs
 
 
 def with_run_id(run_id: str, body: bytes) -> bytes:
@@ -601,6 +629,15 @@ class MlflowRestClient:
     def post_batch(self, run_id: str, body: bytes) -> None:
         """Send one log-batch body from :func:`metric_bodies` or :func:`tag_bodies`."""
         self.call("POST", "runs/log-batch", body=with_run_id(run_id, body))
+
+    def log_inputs(self, run_id: str, inputs: Sequence[DatasetInput]) -> None:
+        if inputs:
+            self.post_inputs(run_id, input_body(inputs))
+
+    def post_inputs(self, run_id: str, body: bytes) -> None:
+        """Send one :func:`input_body` (``runs/log-inputs``; the server stores a dataset
+        input it already has once, so sending it again is harmless)."""
+        self.call("POST", "runs/log-inputs", body=with_run_id(run_id, body))
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         """Log params the server does not have yet; never send one it would refuse.

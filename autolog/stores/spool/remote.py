@@ -45,6 +45,7 @@ from pathlib import Path
 from autolog.config import AutologWarning, env_float, users_stacklevel, warn_from_thread
 from autolog.stores.base import (
     RUNNING,
+    DatasetInput,
     Experiment,
     Metric,
     MetricRow,
@@ -60,7 +61,7 @@ from autolog.stores.mlflow_rest import (
     ServerUnreachableError,
     probe_client,
 )
-from autolog.stores.spool.rows import Entry, encode_entries, status_entry
+from autolog.stores.spool.rows import Entry, encode_entries, inputs_entry, status_entry
 from autolog.stores.spool.sender import (
     LOCAL_RUN_ID_TAG,
     Sender,
@@ -453,6 +454,11 @@ class SpoolStore:
         entries = encode_entries(metrics, params, tags)
         if entries:
             self._append(run_id, entries)
+
+    def log_inputs(self, run_id: str, inputs: Sequence[DatasetInput]) -> None:
+        """Commit the dataset inputs to the spool, one log-inputs request, and return."""
+        if inputs:
+            self._append(run_id, [inputs_entry(inputs)])
 
     def _append(self, run_id: str, entries: list[Entry]) -> None:
         """Spool the entries; when the spool cannot be written, send them now (raising,

@@ -1,8 +1,9 @@
 """A batch as the spool stores it: entries of (kind, points, body), one per request to send.
 
 A ``metrics`` body is :func:`pack_rows` of its rows; ``params``, ``tags`` and ``status``
-bodies are JSON. Every stored entry carries :func:`checksum` of its kind, point count and
-body (spool format 2; format 1, written by autolog 0.1, has none).
+bodies are JSON, and an ``inputs`` body is the log-inputs request to send (its point
+count: the datasets in it). Every stored entry carries :func:`checksum` of its kind, point
+count and body (spool formats 2 and 3; format 1, written by autolog 0.1, has none).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from array import array
 from collections.abc import Sequence
 from operator import itemgetter
 
-from autolog.stores.base import MetricRow
+from autolog.stores.base import DatasetInput, MetricRow
 from autolog.stores.chunks import from_little_endian, little_endian
-from autolog.stores.mlflow_rest import tag_bodies
+from autolog.stores.mlflow_rest import input_body, tag_bodies
 from autolog.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
-Entry = tuple[str, int, bytes]  # kind ('params', 'tags', 'metrics', 'status'), points, body
+Entry = tuple[str, int, bytes]  # kind ('params', 'tags', 'metrics', 'status', 'inputs'), points, body
 
 UNSENDABLE_MARK = "unsendable: "  # how the error of a batch that cannot be sent begins
 # What decoding a stored body or encoding it for the server raises when the body cannot
@@ -67,7 +68,7 @@ def unpack_rows(body: bytes) -> list[MetricRow]:
 
 
 def checksum(kind: str, points: int, body: bytes) -> int:
-    """The CRC-32 a stored batch carries (format 2)."""
+    """The CRC-32 a stored batch carries (formats 2 and 3)."""
     return zlib.crc32(body, zlib.crc32(f"{kind}:{points}:".encode()))
 
 
@@ -91,3 +92,8 @@ def encode_entries(metrics: Sequence[MetricRow] = (), params: dict[str, str] | N
 def status_entry(status: str, end_time: int | None) -> Entry:
     """A run's status change as a spool entry."""
     return "status", 0, json.dumps({"status": status, "end_time": end_time}).encode()
+
+
+def inputs_entry(inputs: Sequence[DatasetInput]) -> Entry:
+    """Dataset inputs of a run as a spool entry: one log-inputs request."""
+    return "inputs", len(inputs), input_body(inputs)

@@ -41,6 +41,8 @@ def deliver(client: MlflowRestClient, server_id: str, kind: str, body: bytes) ->
         client.post_batch(server_id, body)
     elif kind == "params":
         client.log_params(server_id, json.loads(body))
+    elif kind == "inputs":
+        client.post_inputs(server_id, body)
     else:
         status = json.loads(body)
         client.update_run(server_id, status["status"], status["end_time"])

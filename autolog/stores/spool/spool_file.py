@@ -5,8 +5,10 @@ per process (a forked child gets its own), with a ``.lock`` file its owner holds
 (``flock``) while it lives; ``autolog sync`` sends the files no live process holds.
 Credentials are never written: the file names its server's URI, nothing more.
 
-Damage: every stored batch carries a CRC-32 of its kind, point count and body (format 2;
-format 1 spools, written by autolog 0.1, have none and are still read). A batch whose
+Damage: every stored batch carries a CRC-32 of its kind, point count and body (formats 2
+and 3; format 1 spools, written by autolog 0.1, have none and are still read). Format 3
+adds batches of dataset inputs (kind ``inputs``); a release that knows only format 2
+refuses such a file rather than misread it. A batch whose
 checksum fails or whose body SQLite cannot read is never sent: it is set aside (left in
 the file, which is then kept) and reported. A batch that cannot be decoded or encoded
 (a lone surrogate in a key) is marked unsendable, like one the server refused.
@@ -38,8 +40,8 @@ from autolog.stores.spool.rows import UNSENDABLE, UNSENDABLE_MARK, Entry, checks
 from autolog.stores.sqlite_file import transaction
 
 OFFLINE_RUN_PREFIX = "offline-"  # the local id of a run started while its server did not answer
-SCHEMA_VERSION = 2  # 2: batches carry a checksum
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3  # 2: batches carry a checksum; 3: batches of kind 'inputs'
+READABLE_VERSIONS = (1, 2, 3)
 SUFFIX = ".spool"
 APPLICATION_ID = 0x616C6F67  # "alog": a spool file, not any SQLite file left in the directory
 
@@ -63,7 +65,7 @@ CREATE TABLE runs (
 CREATE TABLE batches (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     run_key TEXT NOT NULL REFERENCES runs(run_key),
-    kind TEXT NOT NULL CHECK (kind IN ('params', 'tags', 'metrics', 'status')),
+    kind TEXT NOT NULL CHECK (kind IN ('params', 'tags', 'metrics', 'status', 'inputs')),
     points INTEGER NOT NULL,
     crc INTEGER NOT NULL,
     error TEXT,

@@ -19,7 +19,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from autolog.stores.base import ParamRefusedError, RunNotFoundError, StoreError
-from autolog.stores.mlflow_rest import MlflowRestClient, ServerUnreachableError
+from autolog.stores.mlflow_rest import MlflowRestClient, ServerUnreachableError, inputs_from_body
 from autolog.stores.spool.rows import UNSENDABLE
 from autolog.stores.spool.sender import Sender, retry_later
 from autolog.stores.spool.spool_file import Backlog, Batch, RunPlan, SpoolFile
@@ -212,7 +212,8 @@ class EmbeddedDestination:
     """What :class:`Sender` sends to, for a spool kept for the embedded store: data the
     SQLite store could not take when it was logged (locked, or its disk full). It speaks
     the few calls of :class:`MlflowRestClient` the sender makes, through the store's own
-    ``log_batch`` and ``update_run``, so the spool is sent the same way to either."""
+    ``log_batch``, ``log_inputs`` and ``update_run``, so the spool is sent the same way to
+    either."""
 
     def __init__(self, uri: str):
         self.uri = uri
@@ -238,6 +239,11 @@ class EmbeddedDestination:
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         self._call(lambda: self._store.log_batch(run_id, params=params))
+
+    def post_inputs(self, run_id: str, body: bytes) -> None:
+        """A log-inputs body of :func:`~autolog.stores.mlflow_rest.input_body`, decoded."""
+        inputs = inputs_from_body(body)
+        self._call(lambda: self._store.log_inputs(run_id, inputs))
 
     def update_run(self, run_id: str, status: str, end_time: int | None) -> None:
         self._call(lambda: self._store.update_run(run_id, status, end_time))

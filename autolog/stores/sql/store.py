@@ -10,7 +10,10 @@ What MLflow's ``SqlAlchemyStore`` does per logged point, done here per batch:
 - ``latest_metrics`` holds, per key, the point with the greatest (step, timestamp,
   value), exactly MLflow's rule;
 - a param never changes: a different value for a stored key is refused
-  (:class:`ParamRefusedError`) and nothing of that batch is written.
+  (:class:`ParamRefusedError`) and nothing of that batch is written;
+- a dataset input is a ``datasets`` row per (experiment, name, digest), shared by the
+  runs of the experiment, and an ``inputs`` row per run and dataset with the context as
+  its input tag, as ``SqlAlchemyStore.log_inputs`` writes them.
 
 Every write is one transaction. One connection per thread; a forked child opens its own.
 Driver errors leave as :class:`StoreError` (the database away, locked or full: the writer
@@ -31,7 +34,9 @@ from contextlib import contextmanager
 from functools import wraps
 
 from autolog.stores.base import (
+    DATASET_CONTEXT_TAG,
     RUNNING,
+    DatasetInput,
     Experiment,
     Metric,
     MetricRow,
@@ -49,6 +54,10 @@ _FLOAT_MAX = sys.float_info.max
 _RUN_COLUMNS = "run_uuid, experiment_id, name, status, start_time, end_time, artifact_uri"
 _LATEST_COLUMNS = ('"key"', "value", "timestamp", "step", "is_nan", "run_uuid")
 _METRIC_COLUMNS = ('"key"', "value", "timestamp", "run_uuid", "step", "is_nan")
+_DATASET_COLUMNS = ("dataset_uuid", "experiment_id", "name", "digest", "dataset_source_type",
+                    "dataset_source", "dataset_schema", "dataset_profile")
+_INPUT_COLUMNS = ("input_uuid", "source_type", "source_id", "destination_type", "destination_id",
+                  "step")
 _NEWER = ("UPDATE latest_metrics SET value = ?, timestamp = ?, step = ?, is_nan = ? "
           'WHERE run_uuid = ? AND "key" = ? AND (step < ? OR (step = ? AND '
           "(timestamp < ? OR (timestamp = ? AND value < ?))))")
@@ -296,6 +305,45 @@ class SqlStore:
         self.dialect.executemany(cursor, _NEWER, [
             (v, ts, step, nan, run_id, key, step, step, ts, ts, v)
             for key, (step, ts, v, nan) in ordered])
+
+    @_driver_errors
+    def log_inputs(self, run_id: str, inputs: Sequence[DatasetInput]) -> None:
+        """Record dataset inputs in one transaction, as MLflow's ``SqlAlchemyStore`` does
+        (see the module doc): inputs of the same name and digest count once (the first);
+        a dataset the experiment has is reused, an input the run has is left as it is, and
+        only a new input gets the context tag."""
+        unique: dict[tuple[str, str], DatasetInput] = {}
+        for item in inputs:
+            unique.setdefault((item.name, item.digest), item)
+        if not unique:
+            return
+        with self._write() as cursor:
+            row = self._execute(cursor, "SELECT experiment_id FROM runs WHERE run_uuid = ?",
+                                (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r} in {self.uri}")
+            for item in unique.values():
+                self._log_input(cursor, run_id, row[0], item)
+
+    def _log_input(self, cursor, run_id: str, experiment_id: int, item: DatasetInput) -> None:
+        # Insert-or-ignore, then read back what is stored: another writer may have made
+        # the dataset or the input first, and then its uuid is the one to use.
+        self._execute(cursor, self.dialect.insert_ignore("datasets", _DATASET_COLUMNS), (
+            uuid.uuid4().hex, experiment_id, item.name, item.digest, item.source_type,
+            item.source, item.schema, item.profile))
+        dataset_uuid = self._execute(
+            cursor, "SELECT dataset_uuid FROM datasets WHERE experiment_id = ? AND name = ? "
+            "AND digest = ?", (experiment_id, item.name, item.digest)).fetchone()[0]
+        input_uuid = uuid.uuid4().hex
+        self._execute(cursor, self.dialect.insert_ignore("inputs", _INPUT_COLUMNS),
+                      (input_uuid, "DATASET", dataset_uuid, "RUN", run_id, 0))
+        stored = self._execute(
+            cursor, "SELECT input_uuid FROM inputs WHERE source_type = 'DATASET' AND "
+            "source_id = ? AND destination_type = 'RUN' AND destination_id = ?",
+            (dataset_uuid, run_id)).fetchone()[0]
+        if stored == input_uuid and item.context is not None:
+            self._execute(cursor, self.dialect.insert_ignore("input_tags", ("input_uuid", "name", "value")),
+                          (input_uuid, DATASET_CONTEXT_TAG, item.context))
 
     # -- reading -------------------------------------------------------------------------
 
