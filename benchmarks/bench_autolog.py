@@ -131,12 +131,6 @@ SECTIONS: dict[str, tuple[str, Callable[[], list[Case]]]] = {
 }
 
 
-# The integrations that save models (their log_models option): the fit tables turn that off
-# on both sides, to compare the logging of params and metrics alone; the models table
-# leaves both at their defaults (models on).
-MODEL_INTEGRATIONS = ("sklearn", "xgboost", "lightning")
-
-
 class Modes:
     """Switches between no autolog, autolog and MLflow's autolog in this process."""
 
@@ -153,11 +147,15 @@ class Modes:
         mlflow.set_experiment("bench")
 
     def enable(self, mode: str) -> None:
+        """The fit tables turn models and datasets off on both sides, to compare the logging
+        of params and metrics alone; the models table leaves both tools' defaults."""
         self.mode = mode
         if mode == "autolog" and self.models:
             self.autolog.autolog()
         elif mode == "autolog":
-            self.autolog.autolog(**{name: {"log_models": False} for name in MODEL_INTEGRATIONS})
+            self.autolog.autolog(sklearn={"log_models": False, "log_datasets": False},
+                                 xgboost={"log_models": False, "log_datasets": False},
+                                 lightning={"log_models": False})
         elif mode == "mlflow" and self.models:
             self.mlflow.autolog(silent=True)  # its defaults: models, signatures, datasets
         elif mode == "mlflow":

@@ -114,6 +114,7 @@ class SklearnIntegration(Integration):
         # confusion matrix, ROC and PR curves, cv_results.csv, estimator.html (drawn off
         # the training thread, from the training metrics' predictions)
         "log_diagnostics": True,
+        "log_datasets": True,  # the training data as an MLflow dataset input (MLflow's option)
         **MODEL_OPTIONS,
     }
     probes = (
@@ -290,9 +291,10 @@ class SklearnIntegration(Integration):
             with self.guard():
                 run.log_autolog_params(estimator.get_params(deep=not search), self.name)
                 run.set_tags(_estimator_tags(estimator))
-            with self.guard():  # the training data, as an MLflow dataset input
-                X, y, _ = _fit_data(wrapped, args, kwargs)
-                log_if_supported(run, X, y, context="train")
+            if self.options["log_datasets"]:
+                with self.guard():  # the training data, as an MLflow dataset input
+                    X, y, _ = _fit_data(wrapped, args, kwargs)
+                    log_if_supported(run, X, y, context="train")
             result = wrapped(*args, **kwargs)
             X = y = sample_weight = predictions = None
             with self.guard():

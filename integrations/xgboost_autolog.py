@@ -75,7 +75,11 @@ class XGBoostIntegration(Integration):
         Probe(BOOSTER_PARAMS, "the layout of Booster.save_config() that autolog reads",
               lambda xgboost: _booster_config_readable(xgboost)),
     )
-    default_options = {"importance_types": ("weight", "gain"), **MODEL_OPTIONS}
+    default_options = {
+        "importance_types": ("weight", "gain"),
+        "log_datasets": True,  # train and eval data as MLflow dataset inputs (MLflow's option)
+        **MODEL_OPTIONS,
+    }
 
     def __init__(self) -> None:
         super().__init__()
@@ -111,8 +115,9 @@ class XGBoostIntegration(Integration):
                 run.set_tags({"estimator_name": cls.__name__,
                               "estimator_class": f"{cls.__module__}.{cls.__name__}"})
                 call_site = user_call_site()
-            with self.guard():
-                _log_fit_data(run, wrapped, args, kwargs)
+            if self.options["log_datasets"]:
+                with self.guard():
+                    _log_fit_data(run, wrapped, args, kwargs)
             self._local.sklearn_fit = (run, call_site)
             try:
                 result = wrapped(*args, **kwargs)
@@ -172,7 +177,7 @@ class _Training:
             bound.arguments["callbacks"] = [callback, *user_callbacks]
             call_args, call_kwargs = bound.args, bound.kwargs
             self.callback = callback
-        if self.logs_booster and bound is not None:
+        if self.logs_booster and bound is not None and self.integration.options["log_datasets"]:
             with self.integration.guard():
                 _log_dmatrices(self.run, bound)
         try:

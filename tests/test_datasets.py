@@ -266,6 +266,20 @@ def test_a_fit_without_a_run_of_the_users_records_its_data_in_its_own_run():
         describe(X, y).digest, [(CONTEXT, "train")])
 
 
+def test_log_datasets_false_records_no_input():
+    autolog.autolog(sklearn={"log_datasets": False, "log_models": False},
+                    xgboost={"log_datasets": False, "log_models": False})
+    X, y = arrays()
+    LogisticRegression().fit(X, y)  # each fit in a run of its own
+    xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(X, y), 2, evals=[(xgb.DMatrix(X, y), "val")])
+    xgb.XGBClassifier(n_estimators=2).fit(X, y, eval_set=[(X, y)], verbose=False)
+    assert autolog.flush()
+    client = MlflowClient(tracking_uri=autolog.get_tracking_uri())
+    runs = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
+    assert len(runs) == 3 and all(run.data.metrics for run in runs)
+    assert [run.inputs.dataset_inputs for run in runs] == [[], [], []]
+
+
 def test_a_dataset_is_stored_once_per_experiment_and_an_input_once_per_run(sql_uri):
     X, y = arrays()
     autolog.set_tracking_uri(sql_uri)
