@@ -29,19 +29,17 @@ loaded, so describing a numpy array never imports pandas.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import sys
 from collections.abc import Iterable
 from typing import Any
 
 from autolog.run import Run
+from autolog.schemas import SAMPLE_ELEMENTS, SAMPLE_ROWS, colspecs, schema_of, tensor_schema
 from autolog.source import GIT_COMMIT, SOURCE_NAME, SOURCE_TYPE, USER, system_tags
 from autolog.stores.base import DatasetInput
 from autolog.validation import MAX_DATASET_SCHEMA_LENGTH
 
-SAMPLE_ELEMENTS = 10_000  # of an array (and of each array a sparse matrix stores)
-SAMPLE_ROWS = 10_000  # of a pandas frame
 DEFAULT_NAME = "dataset"  # MLflow's name for a dataset given none
 CODE_SOURCE = "code"  # MLflow's CodeDatasetSource
 _SOURCE_TAGS = (USER, SOURCE_NAME, SOURCE_TYPE, GIT_COMMIT)
@@ -66,7 +64,7 @@ def describe(features: Any, targets: Any = None, *, context: str | None = "train
     if context is not None and not isinstance(context, str):
         raise TypeError(f"context must be a string such as 'train' or 'eval', got {context!r}")
     if kind == "pandas":
-        columns = _colspecs(features)
+        columns = colspecs(features)
         schema = None if columns is None else {"mlflow_colspec": columns}
         profile = {"num_rows": len(features), "num_elements": int(features.size)}
     else:
@@ -96,7 +94,7 @@ def describe_tensor(shape: tuple[int, ...], dtype: str, itemsize: int, identity:
     for part in identity:
         md5.update(part)
     size = _product(shape)
-    schema = {"mlflow_tensorspec": {"features": _tensor_json(dtype, shape), "targets": None}}
+    schema = {"mlflow_tensorspec": {"features": json.dumps(tensor_schema(dtype, shape)), "targets": None}}
     profile = {"features_shape": list(shape), "features_size": size,
                "features_nbytes": size * itemsize}
     return _dataset(md5, schema, profile, context, name)
@@ -173,90 +171,10 @@ def _sizes(data: Any) -> dict[str, Any]:
     return {"shape": shape, "size": size, "nbytes": nbytes}
 
 
-def _tensor_name(dtype: Any) -> str:
-    """A numpy dtype as MLflow's TensorSpec writes it (text and bytes without their size)."""
-    return {"U": "str", "S": "bytes"}.get(dtype.char, dtype.name)
-
-
-def _tensor_json(dtype: str, shape: tuple[int, ...] | list[int]) -> str:
-    """MLflow's ``Schema.to_json`` of one TensorSpec, rows as its variable dimension."""
-    return json.dumps([{"type": "tensor", "tensor-spec": {"dtype": dtype,
-                                                          "shape": [-1, *map(int, shape[1:])]}}])
-
-
 def _schema_json(data: Any) -> str | None:
-    """MLflow's ``Schema.to_json`` of what its ``_infer_schema`` makes of ``data``: a
-    TensorSpec for an array, ColSpecs for a frame or Series (None where it has none)."""
-    if _kind(data) == "pandas":
-        columns = _colspecs(data)
-        return None if columns is None else json.dumps(columns)
-    if not data.shape:
-        return None
-    return _tensor_json(_tensor_name(data.dtype), data.shape)
-
-
-def _colspecs(data: Any) -> list[dict] | None:
-    """MLflow's ColSpecs of a frame's columns (of a Series: one, named as the Series), read
-    from their dtypes and first rows; None when a column has no type MLflow's schema takes."""
-    import pandas
-
-    sample = data.head(SAMPLE_ROWS)
-    if data.ndim == 1:
-        columns = [(data.name, sample)]
-    else:
-        columns = [(column, sample.iloc[:, position]) for position, column in enumerate(data.columns)]
-    specs = []
-    for column, values in columns:
-        kind = _column_type(values.dtype, values, pandas)
-        if kind is None:
-            return None
-        spec: dict[str, Any] = dict(kind) if isinstance(kind, dict) else {"type": kind}
-        if column is not None:  # JSON keeps a str or an int name; anything else as text
-            spec["name"] = column if type(column) in (str, int) else str(column)
-        spec["required"] = not bool(values.isna().any())
-        specs.append(spec)
-    return specs
-
-
-def _column_type(dtype: Any, values: Any, pandas: Any) -> str | dict | None:
-    """MLflow's DataType name for a column (``_infer_pandas_column``)."""
-    if isinstance(dtype, pandas.CategoricalDtype):
-        categories = dtype.categories
-        return _column_type(categories.dtype, pandas.Series(categories[:SAMPLE_ROWS]), pandas)
-    kind, size = getattr(dtype, "kind", "O"), getattr(dtype, "itemsize", 0)
-    if kind == "O":
-        return _object_type(values)
-    if kind == "b":
-        return "boolean"
-    if kind in "iu":
-        if size < 4 or (kind == "i" and size == 4):
-            return "integer"
-        if size < 8 or (kind == "i" and size == 8):
-            return "long"
-        return None  # uint64: MLflow has no type for it
-    if kind == "f":
-        return "float" if size <= 4 else "double" if size <= 8 else None
-    return {"U": "string", "S": "binary", "M": "datetime"}.get(kind)
-
-
-def _object_type(values: Any) -> str | dict | None:
-    """The type of an object column, from the values of its first rows: a scalar type,
-    or an array of one (a column of lists, as MLflow's ``Array``)."""
-    present = values.dropna()
-    types = {type(value) for value in present}
-    if types and all(issubclass(t, list) for t in types):
-        items = itertools.islice((item for cell in present for item in cell), SAMPLE_ELEMENTS)
-        inner = _scalar_type({type(item) for item in items})
-        return None if inner is None else {"type": "array", "items": {"type": inner}}
-    return _scalar_type(types) if types else "any"  # no value to read: MLflow's AnyType
-
-
-def _scalar_type(types: set[type]) -> str | None:
-    for python_type, name in ((str, "string"), (bytes, "binary"), (bool, "boolean"),
-                              (int, "long"), (float, "double")):
-        if types and all(issubclass(t, python_type) for t in types):
-            return name
-    return None
+    """MLflow's ``Schema.to_json`` of ``data`` (None where it has none)."""
+    schema = schema_of(data)
+    return None if schema is None else json.dumps(schema)
 
 
 def _hash_into(md5, data: Any) -> None:

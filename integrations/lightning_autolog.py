@@ -94,9 +94,9 @@ from autolog.config import warn
 from autolog.integration import Integration, Probe, assigns
 from autolog.lifecycle import KILLED
 from autolog.models.options import MODEL_OPTIONS, log_fitted
-from autolog.models.signature import schema_of
 from autolog.patching import current_owner, guard, outermost
 from autolog.run import Run, active_run
+from autolog.schemas import schema_of
 
 TRAINER_SETTINGS = (
     "max_steps", "min_epochs", "min_steps", "precision", "accumulate_grad_batches",
