@@ -7,6 +7,7 @@ about params, the writer writes, the store stores.
 
 from __future__ import annotations
 
+import copy
 import math
 import tempfile
 import time
@@ -388,8 +389,10 @@ def log_model(model: Any, name: str = "model", *, input_example: Any = None, sig
     its dict form); without one, it is read from ``input_example``'s dtypes and shape.
     ``registered_model_name`` registers it as a new version of that model once uploaded.
     """
-    if signature is None and input_example is not None:
-        signature = signature_of(input_example)
+    if input_example is not None:
+        input_example = copy.deepcopy(input_example)  # saved later, as it is now
+        if signature is None:
+            signature = signature_of(input_example)
     return _saver.log_model(active_or_new(), model, name, signature=signature,
                             input_example=input_example, registered_model_name=registered_model_name,
                             extra_pip_requirements=extra_pip_requirements)
@@ -414,11 +417,14 @@ def register_model(model_uri: str, name: str, alias: str | None = None,
         run_id, _, path = model_uri.removeprefix("runs:/").partition("/")
         if not run_id or not path:
             raise ValueError(f"a runs:/ model URI is runs:/<run id>/<path>, got {model_uri!r}")
-        _saver.get_saver().wait(None)  # a model of this process: saved, then uploaded
+        saver = _saver.get_saver()  # a model of this process: saved, then uploaded
+        if not saver.wait(None):
+            raise ModelSaveError(f"not registered as {name!r}: {'; '.join(saver.take_failures())}")
         store = _store_for(run_id)
         uploader = existing_uploader()
-        if uploader is not None:
-            uploader.wait(None, uploader.exit_timeout, run_id=run_id)
+        if uploader is not None and not uploader.wait(None, uploader.exit_timeout, run_id=run_id):
+            raise ModelSaveError(f"not registered as {name!r}: the files of run {run_id} are not "
+                                 f"uploaded ({uploader.describe_left()})")
         run_id = store.server_run_id(run_id) or run_id
         source = f"{store.get_run(run_id).info.artifact_uri.rstrip('/')}/{path.strip('/')}"
     return _registry.create_version(settings.resolved_tracking_uri(), name, source, run_id, alias,

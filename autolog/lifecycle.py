@@ -230,14 +230,16 @@ def _after_fork_in_child() -> None:
 _shut_down = False
 
 
-def shutdown(status: str | None = None) -> None:
+def shutdown(status: str | None = None, on_signal: bool = False) -> None:
     """End the runs still open (``status``, by default FINISHED, KILLED after an uncaught
     Ctrl-C, FAILED after another uncaught exception), save the models still queued
     (:mod:`autolog.models.saver`), give the writer its bounded time
     (``AUTOLOG_EXIT_TIMEOUT``), spool what the stores did not take and say where, wait
     for the artifact uploads as long as they progress (:mod:`autolog.artifacts.uploader`)
     and say what is left, then close the stores (a server's spool drains within the same
-    limit). Runs at interpreter exit, or first at SIGTERM (then at exit it does nothing).
+    limit). Runs at interpreter exit, or first at SIGTERM (``on_signal``: the models get
+    ``AUTOLOG_EXIT_TIMEOUT`` at most, so that the writer's turn comes before the process
+    dies; then at exit it does nothing).
     A forked child never ends the runs it inherited."""
     global _shut_down
     if _shut_down:
@@ -249,10 +251,13 @@ def shutdown(status: str | None = None) -> None:
     for run in writer.pending_runs():
         if run.final_status is None and run.owner_pid == os.getpid():
             run.mark_ended(status)
-    models_left = get_saver().close()  # before the writer: a "best" model reads its run
-    left = writer.close()
-    lines = writer.keep_at_exit(left)
-    writer.fallback.close()
+    models_left = None
+    try:  # before the writer: a "best" model reads its run; at SIGTERM only briefly
+        models_left = get_saver().close(writer.exit_timeout if on_signal else None)
+    finally:  # even after Ctrl-C in that wait: what the store did not take is spooled
+        left = writer.close()
+        lines = writer.keep_at_exit(left)
+        writer.fallback.close()
     for line in [*lines, *([models_left] if models_left else [])]:
         print(f"autolog: {line}", file=sys.stderr, flush=True)
     uploader = _uploads.existing_uploader()  # before the stores close: a run started
@@ -301,7 +306,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     # In a thread of its own: the main thread, interrupted here, may hold a lock the
     # shutdown needs (the run context's, the spool's); then the wait below is what ends.
     writer = get_writer()
-    worker = threading.Thread(target=shutdown, args=(KILLED,), name="autolog-sigterm",
+    worker = threading.Thread(target=shutdown, args=(KILLED, True), name="autolog-sigterm",
                               daemon=True)
     worker.start()
     worker.join(2 * writer.exit_timeout + writer.end_timeout)

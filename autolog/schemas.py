@@ -82,9 +82,12 @@ def _column_type(dtype: Any, values: Any, pandas: Any) -> str | dict | None:
     if isinstance(dtype, pandas.CategoricalDtype):
         categories = dtype.categories
         return _column_type(categories.dtype, pandas.Series(categories[:SAMPLE_ROWS]), pandas)
+    if isinstance(dtype, pandas.StringDtype):  # text by its dtype: no value read
+        return "string"
     kind, size = getattr(dtype, "kind", "O"), getattr(dtype, "itemsize", 0)
     if kind == "O":
-        return _object_type(values)
+        inferred = _INFERRED_TYPES.get(pandas.api.types.infer_dtype(values, skipna=True))
+        return inferred if inferred is not None else _object_type(values)
     if kind == "b":
         return "boolean"
     if kind in "iu":
@@ -96,6 +99,12 @@ def _column_type(dtype: Any, values: Any, pandas: Any) -> str | dict | None:
     if kind == "f":
         return "float" if size <= 4 else "double" if size <= 8 else None
     return {"U": "string", "S": "binary", "M": "datetime"}.get(kind)
+
+
+# pandas' infer_dtype of an object column (one pass in C) -> MLflow's type; any other
+# answer (lists, mixed types) is read value by value (:func:`_object_type`)
+_INFERRED_TYPES = {"string": "string", "bytes": "binary", "boolean": "boolean", "integer": "long",
+                   "floating": "double", "mixed-integer-float": "double", "empty": "any"}
 
 
 def _object_type(values: Any) -> str | dict | None:

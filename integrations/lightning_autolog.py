@@ -98,6 +98,8 @@ from autolog.patching import current_owner, guard, outermost
 from autolog.run import Run, active_run
 from autolog.schemas import schema_of
 
+# Strategies that leave each rank a shard of the model (no whole model to log)
+SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
 TRAINER_SETTINGS = (
     "max_steps", "min_epochs", "min_steps", "precision", "accumulate_grad_batches",
     "gradient_clip_val", "gradient_clip_algorithm", "val_check_interval",
@@ -261,11 +263,19 @@ class LightningIntegration(Integration):
     def _log_fit_end(self, run: Run, trainer: Any, callback: _AutologCallback) -> None:
         """After a fit that finished in this process: the best checkpoint (``checkpoint=True``),
         then the model, each contained on its own. The module is read here, not in the
-        callback's ``on_train_end``: Lightning's teardown has moved it back to the CPU, so
-        its snapshot copies host memory and waits on no device."""
+        callback's ``on_train_end``: the teardown of a strategy that holds the whole model
+        (one device, DDP) has moved it back to the CPU, so its snapshot copies host memory
+        and waits on no device. A sharded strategy (FSDP, DeepSpeed) leaves each rank a
+        shard on its device: no model is logged, with one warning."""
         if self.options["checkpoint"]:
             with self.guard():
                 log_checkpoint(run, trainer)
+        strategy = type(trainer.strategy).__name__
+        if self.options["log_models"] and strategy in SHARDED_STRATEGIES:
+            warn(f"autolog (lightning): {strategy} leaves each rank a shard of the model; no model "
+                 "is logged (gather it and call autolog.log_model, or log a checkpoint: "
+                 "checkpoint=True)")
+            return
         with self.guard():
             log_fitted(run, trainer.lightning_module, self.options, inputs=callback.model_inputs())
 

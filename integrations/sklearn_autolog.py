@@ -300,11 +300,16 @@ class SklearnIntegration(Integration):
             with self.guard():
                 X, y, sample_weight = _fit_data(wrapped, args, kwargs)
                 predictions = self._log_training(run, estimator, search, X, y, sample_weight)
+            # One snapshot for the model and its estimator.html (None: it cannot be pickled,
+            # and logging the model says so, once).
+            snapshot = diagnostics.snapshot(estimator) \
+                if self.options["log_models"] or self.options["log_diagnostics"] else None
             with self.guard():  # after the metrics: log_models="best" compares them
-                self._log_models(run, estimator, search, X, y)
+                self._log_models(run, estimator, search, X, y, snapshot)
             if self.options["log_diagnostics"]:
                 with self.guard():
-                    diagnostics.log_diagnostics(run, estimator, y, sample_weight, predictions, search)
+                    diagnostics.log_diagnostics(run, estimator, y, sample_weight, predictions, search,
+                                                snapshot)
             return result
 
     def _log_training(self, run: Run, estimator: Any, search: bool, X: Any, y: Any,
@@ -323,10 +328,11 @@ class SklearnIntegration(Integration):
             post_training.remember_fitted(estimator, run)
         return predictions
 
-    def _log_models(self, run: Run, estimator: Any, search: bool, X: Any, y: Any) -> None:
+    def _log_models(self, run: Run, estimator: Any, search: bool, X: Any, y: Any,
+                    snapshot: bytes | None) -> None:
         """The fitted estimator as ``model``; a search's refitted best one also as
         ``best_estimator`` (MLflow's names)."""
-        log_fitted(run, estimator, self.options, inputs=X, outputs=y, name="model")
+        log_fitted(run, estimator, self.options, inputs=X, outputs=y, name="model", snapshot=snapshot)
         if search and hasattr(estimator, "best_estimator_"):
             log_fitted(run, estimator.best_estimator_, self.options, inputs=X, outputs=y,
                        name="best_estimator")

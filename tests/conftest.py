@@ -35,9 +35,10 @@ def isolated_autolog(tmp_path, monkeypatch):
         run.end()
     autolog.autolog(disable=True)
     saver = get_saver()  # the test's models are saved into its own store and staging area
-    assert saver.wait(300) or not saver.describe_left(), "a model save did not finish"
+    finished = saver.wait(300)
     failures = saver.take_failures()
     assert not failures, f"a model save failed during the test: {failures}"
+    assert finished, f"a model save did not finish: {saver.describe_left()}"
     assert get_writer().flush(), "a write failed during the test"
     uploader = uploader_module.existing_uploader()
     if uploader is not None:  # each test stages into its own spool folder

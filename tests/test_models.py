@@ -243,3 +243,68 @@ def test_autolog_runs_show_prints_the_model_uri(store_uri, data):
     assert shown.exit_code == 0, shown.output
     assert f"runs:/{run.id}/classifier  (sklearn)" in shown.output
     assert HISTORY_TAG not in shown.output  # shown as its models, not as raw JSON
+
+
+def test_a_model_whose_save_failed_is_not_registered(store_uri, data, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("AUTOLOG_STAGING_DIR", str(blocker / "staging"))
+    with autolog.start_run():
+        info = autolog.log_model(fitted(data))
+    with pytest.raises(autolog.ModelSaveError, match="not registered as 'churn'.*saving model 'model'"):
+        autolog.register_model(info.model_uri, "churn", alias="champion")
+    client = mlflow.MlflowClient(tracking_uri=store_uri, registry_uri=store_uri)
+    assert client.search_registered_models() == []
+
+
+def test_the_model_history_keeps_what_another_process_logged_into_the_run(store_uri, data, tmp_path):
+    """A run resumed in a second process: its model joins the first process's in MLflow's
+    ``mlflow.log-model.history`` tag (as MLflow's own ``record_logged_model`` appends)."""
+    with autolog.start_run() as run:
+        autolog.log_model(fitted(data), "first")
+    assert autolog.flush()
+    script = tmp_path / "second.py"
+    script.write_text(textwrap.dedent(f"""
+        import autolog
+        from sklearn.datasets import make_classification
+        from sklearn.linear_model import LogisticRegression
+        X, y = make_classification(100, 4, random_state=0)
+        with autolog.start_run(run_id={run.id!r}):
+            autolog.log_model(LogisticRegression().fit(X, y), "second")
+    """))
+    env = {**__import__("os").environ, "AUTOLOG_TRACKING_URI": store_uri}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    tags = mlflow.MlflowClient(store_uri).get_run(run.id).data.tags
+    assert [entry["artifact_path"] for entry in json.loads(tags[HISTORY_TAG])] == ["first", "second"]
+
+
+def test_requirements_name_the_packages_of_a_pipelines_steps(store_uri, data):
+    """A Pipeline's class is scikit-learn's; its XGBoost step needs xgboost where it is served."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from xgboost import XGBClassifier
+
+    X, y = data
+    pipeline = make_pipeline(StandardScaler(), XGBClassifier(n_estimators=3)).fit(X, y)
+    with autolog.start_run():
+        info = autolog.log_model(pipeline)
+    assert autolog.flush()
+    mlflow.set_tracking_uri(store_uri)
+    local = mlflow.artifacts.download_artifacts(f"{info.model_uri}/requirements.txt")
+    names = {line.split("==")[0] for line in open(local).read().split()}
+    assert {"mlflow", "scikit-learn"} <= names and names & {"xgboost", "xgboost-cpu"}
+
+
+def test_a_save_in_progress_is_named_by_what_is_left(store_uri, data):
+    """``flush(timeout)`` that ends during a save says which model it waited for."""
+    started, release = threading.Event(), threading.Event()
+    get_saver().run_later("a slow task", lambda: (started.set(), release.wait(30)))
+    assert started.wait(30)
+    try:
+        with pytest.warns(autolog.AutologWarning, match="not done yet: a slow task"):
+            assert autolog.flush(timeout=0.2) is False
+    finally:
+        release.set()
+    assert autolog.flush()

@@ -28,8 +28,8 @@ class _DropPickleAdvice(logging.Filter):
 @dataclass(frozen=True)
 class Flavor:
     name: str  # MLflow's flavor module: mlflow.<name>.save_model / load_model
-    # top-level modules whose distributions the model requires (besides those of the
-    # packages its classes come from: lightning, the user's own installed package)
+    # top-level modules whose distributions the model requires (besides those its pickle
+    # refers to: lightning, a Pipeline's XGBoost step, the user's own installed package)
     modules: tuple[str, ...]
     save_options: tuple[tuple[str, Any], ...] = ()
 

@@ -42,8 +42,10 @@ def check_model_options(options: dict[str, Any]) -> None:
 
 
 def log_fitted(run: Run, model: Any, options: dict[str, Any], *, inputs: Any = None,
-               outputs: Any = None, name: str = "model") -> ModelInfo | None:
-    """Log the model a fit made, as the integration's ``options`` say (None: not logged)."""
+               outputs: Any = None, name: str = "model", snapshot: bytes | None = None
+               ) -> ModelInfo | None:
+    """Log the model a fit made, as the integration's ``options`` say (None: not logged);
+    ``snapshot``: its cloudpickle bytes, where the integration took them already."""
     log_models = options["log_models"]
     if not log_models:
         return None
@@ -53,4 +55,5 @@ def log_fitted(run: Run, model: Any, options: dict[str, Any], *, inputs: Any = N
         if options["log_model_signatures"] and inputs is not None else None
     example = example_of(inputs) if options["log_input_examples"] and inputs is not None else None
     return log_model(run, model, name, signature=signature, input_example=example,
-                     registered_model_name=options["registered_model_name"], best=best)
+                     registered_model_name=options["registered_model_name"], best=best,
+                     snapshot=snapshot)

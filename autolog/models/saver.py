@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import collections
 import datetime
+import io
 import json
 import math
+import pickle
 import shutil
 import tempfile
 import threading
@@ -44,6 +46,8 @@ from autolog.models.requirements import pinned
 from autolog.models.signature import signature_of
 from autolog.run import Run
 from autolog.stores import wait_acknowledged
+from autolog.stores.base import StoreError
+from autolog.validation import MAX_TAG_VALUE_LENGTH
 from autolog.writer import get_writer
 
 HISTORY_TAG = "mlflow.log-model.history"  # MLflow's record of a run's models (its UI reads it)
@@ -86,7 +90,6 @@ class _Job:
     info: ModelInfo
     flavor: Flavor
     snapshot: bytes
-    modules: tuple[str, ...]
     signature: Any
     input_example: Any
     extra_requirements: tuple[str, ...]
@@ -104,10 +107,11 @@ class _Task:
 def log_model(run: Run, model: Any, artifact_path: str = "model", *, inputs: Any = None,
               outputs: Any = None, signature: Any = None, input_example: Any = None,
               extra_pip_requirements: Sequence[str] = (), registered_model_name: str | None = None,
-              best: BestOnly | None = None) -> ModelInfo:
+              best: BestOnly | None = None, snapshot: bytes | None = None) -> ModelInfo:
     """Snapshot ``model`` now and save it into ``run``'s artifacts at ``artifact_path`` in
     the background. The signature is ``signature`` (MLflow's ``ModelSignature`` or its dict
-    form), else read from ``inputs``/``outputs`` (the training data) when given."""
+    form), else read from ``inputs``/``outputs`` (the training data) when given.
+    ``snapshot``: the model's cloudpickle bytes, taken by the caller already."""
     import cloudpickle
 
     path = check_artifact_path(artifact_path)
@@ -121,11 +125,10 @@ def log_model(run: Run, model: Any, artifact_path: str = "model", *, inputs: Any
         raise TypeError(f"extra_pip_requirements must be a list of str, got {extra_pip_requirements!r}")
     if signature is None and inputs is not None:
         signature = signature_of(inputs, outputs)
-    snapshot = cloudpickle.dumps(model)  # an unpicklable model raises here, in the caller's guard
-    modules = tuple(dict.fromkeys(flavor.modules + tuple(
-        cls.__module__.partition(".")[0] for cls in type(model).__mro__)))
+    if snapshot is None:  # an unpicklable model raises here, in the caller's guard
+        snapshot = cloudpickle.dumps(model)
     info = ModelInfo(f"runs:/{run.id}/{path}", run.id, path, flavor.name, registered_model_name)
-    get_saver().submit(_Job(run, info, flavor, snapshot, modules, signature, input_example,
+    get_saver().submit(_Job(run, info, flavor, snapshot, signature, input_example,
                             requirements, best))
     return info
 
@@ -136,7 +139,7 @@ class ModelSaver:
     def __init__(self) -> None:
         self._jobs: collections.deque[_Job | _Task] = collections.deque()
         self._changed = threading.Condition()
-        self._busy = 0  # jobs taken and not finished
+        self._current: _Job | _Task | None = None  # the job being done now
         self._thread: threading.Thread | None = None
         self._failures: list[str] = []
         self._history: dict[str, list[dict]] = {}  # run id -> its models, for the tag
@@ -160,7 +163,7 @@ class ModelSaver:
         at ``timeout`` seconds or when a save failed since the last wait."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
-            while self._jobs or self._busy:
+            while self._jobs or self._current is not None:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -174,15 +177,17 @@ class ModelSaver:
 
     def describe_left(self) -> str | None:
         with self._changed:
-            left = [_describe(job) for job in self._jobs]
+            jobs = [self._current, *self._jobs] if self._current is not None else list(self._jobs)
+        left = [_describe(job) for job in jobs]
         if not left:
             return None
         more = f" and {len(left) - 3} more" if len(left) > 3 else ""
-        return f"not saved yet: {', '.join(left[:3])}{more}"
+        return f"not done yet: {', '.join(left[:3])}{more}"
 
-    def close(self) -> str | None:
-        """At exit: wait for the queued models (bounded); what is left, in one line."""
-        self.wait(self.total_exit_timeout)
+    def close(self, timeout: float | None = None) -> str | None:
+        """At exit: wait for the queued models (``timeout``, else
+        ``AUTOLOG_ARTIFACT_EXIT_TIMEOUT``); what is left, in one line."""
+        self.wait(self.total_exit_timeout if timeout is None else timeout)
         left = self.describe_left()
         return f"{left} (the process exited first)" if left else None
 
@@ -199,29 +204,27 @@ class ModelSaver:
             with self._changed:
                 while not self._jobs:
                     self._changed.wait()
-                job = self._jobs.popleft()
-                self._busy += 1
+                job = self._current = self._jobs.popleft()
             try:
                 if isinstance(job, _Task):
                     job.function()
                 else:
                     self._save(job)
-            except Exception as exc:  # one model lost is a warning; the thread goes on
+            except BaseException as exc:  # one model lost is a warning; the thread goes on (a
+                # SystemExit from a model's __setstate__ too: no later model may be lost to it)
                 message = f"{_describe(job)} failed: {type(exc).__name__}: {exc}"
                 with self._changed:
                     self._failures.append(message)
                 warn_from_thread(message)
             finally:
                 with self._changed:
-                    self._busy -= 1
+                    self._current = None
                     self._changed.notify_all()
 
     def _save(self, job: _Job) -> None:
-        import cloudpickle
-
         if job.best is not None and not self._beats_best(job):
             return
-        model = cloudpickle.loads(job.snapshot)
+        model, referenced = _load(job.snapshot)
         signature = job.signature
         if isinstance(signature, dict):
             from mlflow.models import ModelSignature
@@ -231,7 +234,8 @@ class ModelSaver:
         try:
             saved = f"{folder}/{job.info.artifact_path.rpartition('/')[2]}"
             job.flavor.save(model, saved, signature=signature, input_example=job.input_example,
-                            pip_requirements=pinned(job.modules) + list(job.extra_requirements))
+                            pip_requirements=pinned([*job.flavor.modules, *sorted(referenced)])
+                            + list(job.extra_requirements))
             log_folder(job.run.artifact_target(), saved, job.info.artifact_path)
             flavors = _flavors(saved)
         finally:
@@ -242,7 +246,9 @@ class ModelSaver:
 
     def _record(self, job: _Job, flavors: dict) -> None:
         """Add the model to the run's ``mlflow.log-model.history`` tag, as MLflow's
-        ``log_model`` records it (straight to the store: the run may have ended)."""
+        ``log_model`` records it: appended to what the store holds (models another process
+        or MLflow's own client logged into the run), straight to the store (the run may
+        have ended)."""
         history = self._history.setdefault(job.run.id, [])
         history.append({
             "run_id": job.run.server_id or job.run.id,
@@ -252,10 +258,13 @@ class ModelSaver:
             "model_uuid": uuid.uuid4().hex,
             "flavors": flavors,
         })
-        value = json.dumps(history)
-        while len(value) > 8000 and len(history) > 1:  # MLflow's tag limit: the newest stay
-            del history[0]
-            value = json.dumps(history)
+        ours = {entry["model_uuid"] for entry in history}
+        merged = [entry for entry in _stored_history(job.run) if entry.get("model_uuid") not in ours]
+        merged += history
+        value = json.dumps(merged)
+        while len(value) > MAX_TAG_VALUE_LENGTH and len(merged) > 1:  # the newest stay
+            del merged[0]
+            value = json.dumps(merged)
         job.run.store.log_batch(job.run.id, tags={HISTORY_TAG: value})
 
     def _beats_best(self, job: _Job) -> bool:
@@ -284,6 +293,30 @@ def _describe(job: _Job | _Task) -> str:
     if isinstance(job, _Task):
         return job.description
     return f"saving model {job.info.artifact_path!r} of run {job.info.run_id}"
+
+
+def _load(snapshot: bytes) -> tuple[Any, set[str]]:
+    """The model, and the top-level packages its pickle refers to: the requirements its
+    class hierarchy does not show (a Pipeline's XGBoost step, a search's estimator)."""
+    referenced: set[str] = set()
+
+    class Recording(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            referenced.add(module.partition(".")[0])
+            return super().find_class(module, name)
+
+    return Recording(io.BytesIO(snapshot)).load(), referenced
+
+
+def _stored_history(run: Run) -> list[dict]:
+    """The run's ``mlflow.log-model.history`` as its store holds it ([] when it holds none
+    or cannot say: a run still offline)."""
+    try:
+        stored = run.store.get_run(run.server_id or run.id).tags.get(HISTORY_TAG, "[]")
+        history = json.loads(stored)
+    except (StoreError, ValueError):
+        return []
+    return [entry for entry in history if isinstance(entry, dict)] if isinstance(history, list) else []
 
 
 def _flavors(saved: str) -> dict:
