@@ -28,6 +28,13 @@ pytest_plugins = ("mlflow_server", "databases")
 
 
 @pytest.fixture
+def mlflow_uri():
+    """``mlflow_uri(uri)`` points MLflow's own client at ``uri`` for this test only."""
+    yield mlflow.set_tracking_uri
+    mlflow.set_tracking_uri(None)  # MLflow's unset state: later tests read their environment
+
+
+@pytest.fixture
 def data():
     return make_classification(300, 6, random_state=0)
 
@@ -79,7 +86,7 @@ def test_a_logged_model_opens_with_mlflows_loaders_in_a_fresh_process(store_uri,
     assert "sklearn" in history[0]["flavors"]
 
 
-def test_the_snapshot_is_the_model_as_it_was_logged(store_uri, data, tmp_path):
+def test_the_snapshot_is_the_model_as_it_was_logged(store_uri, data, tmp_path, mlflow_uri):
     """The user refits the same object right after logging: the logged model is the first."""
     X, y = data
     model = LogisticRegression(C=0.001, max_iter=500).fit(X, y)
@@ -88,13 +95,13 @@ def test_the_snapshot_is_the_model_as_it_was_logged(store_uri, data, tmp_path):
         info = autolog.log_model(model)
         model.set_params(C=100.0).fit(X, 1 - y)  # refit in place, labels flipped
     assert autolog.flush()
-    mlflow.set_tracking_uri(store_uri)
+    mlflow_uri(store_uri)
     loaded = mlflow.sklearn.load_model(info.model_uri)
     assert np.allclose(loaded.predict_proba(X), before)
     assert loaded.get_params()["C"] == 0.001
 
 
-def test_a_script_that_exits_right_after_logging_still_saves_its_model(tmp_path):
+def test_a_script_that_exits_right_after_logging_still_saves_its_model(tmp_path, mlflow_uri):
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent("""
         import autolog
@@ -111,7 +118,7 @@ def test_a_script_that_exits_right_after_logging_still_saves_its_model(tmp_path)
                           cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
     model_uri = done.stdout.strip()
-    mlflow.set_tracking_uri(uri)
+    mlflow_uri(uri)
     assert mlflow.sklearn.load_model(model_uri).predict([[0, 0, 0, 0]]).shape == (1,)
 
 
@@ -280,7 +287,7 @@ def test_the_model_history_keeps_what_another_process_logged_into_the_run(store_
     assert [entry["artifact_path"] for entry in json.loads(tags[HISTORY_TAG])] == ["first", "second"]
 
 
-def test_requirements_name_the_packages_of_a_pipelines_steps(store_uri, data):
+def test_requirements_name_the_packages_of_a_pipelines_steps(store_uri, data, mlflow_uri):
     """A Pipeline's class is scikit-learn's; its XGBoost step needs xgboost where it is served."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -291,7 +298,7 @@ def test_requirements_name_the_packages_of_a_pipelines_steps(store_uri, data):
     with autolog.start_run():
         info = autolog.log_model(pipeline)
     assert autolog.flush()
-    mlflow.set_tracking_uri(store_uri)
+    mlflow_uri(store_uri)
     local = mlflow.artifacts.download_artifacts(f"{info.model_uri}/requirements.txt")
     names = {line.split("==")[0] for line in open(local).read().split()}
     assert {"mlflow", "scikit-learn"} <= names and names & {"xgboost", "xgboost-cpu"}
