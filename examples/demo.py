@@ -1,5 +1,7 @@
 """End-to-end demo on the default store, MLflow's own ``./mlflow.db``: one autolog() line,
-real fits, each in a child run of one parent with the manual logging, then the runs as
+real fits (each saving its model), each in a child run of one parent with the manual
+logging, the scikit-learn model registered as ``demo-classifier@champion`` and loaded back
+with MLflow's own loader, then the runs as
 `autolog runs list` and `autolog runs show` print them, and as MLflow's client reads them
 (``mlflow ui`` in this directory shows the same). One fit per run is how MLflow's UI
 compares them: three frameworks in one run would log three values for the params they
@@ -21,12 +23,13 @@ import numpy as np
 import autolog
 
 
-def train_sklearn(X, y, X_test, y_test) -> None:
+def train_sklearn(X, y, X_test, y_test):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score
 
-    model = LogisticRegression(C=0.5, max_iter=200).fit(X, y)  # autologged
+    model = LogisticRegression(C=0.5, max_iter=200).fit(X, y)  # autologged, model included
     accuracy_score(y_test, model.predict(X_test))  # logged as accuracy_score_X_test
+    return model
 
 
 def train_xgboost(X, y, X_test, y_test) -> None:
@@ -78,7 +81,7 @@ def main() -> None:
         autolog.log_param("data_version", "v3")  # manual, next to the autologged params
         # One child run per fit, linked to this one by mlflow.parentRunId.
         with autolog.start_run(run_name="sklearn", nested=True) as sklearn_run:
-            train_sklearn(X, y, X_test, y_test)
+            classifier = train_sklearn(X, y, X_test, y_test)
         with autolog.start_run(run_name="xgboost", nested=True):
             train_xgboost(X, y, X_test, y_test)
         with autolog.start_run(run_name="lightning", nested=True):
@@ -87,7 +90,14 @@ def main() -> None:
         # Artifacts: secured on disk at once, written to ./mlruns by a background thread.
         autolog.log_dict({"features": X.shape[1], "train_rows": len(X)}, "data/config.json")
         autolog.log_text("demo of autolog: one line, every fit recorded\n", "README.txt")
-    autolog.flush()  # waits for the artifacts too
+    autolog.flush()  # waits for the models and the artifacts too
+
+    # The autologged model, registered and aliased in MLflow's registry (the A/B "champion").
+    version = autolog.register_model(f"runs:/{sklearn_run.id}/model", "demo-classifier",
+                                     alias="champion")
+    print(f"\nregistered runs:/{sklearn_run.id}/model as demo-classifier version {version.version}, "
+          f"alias champion")
+    show_model_with_mlflow(classifier, X_test)
 
     cli = shutil.which("autolog") or os.path.join(os.path.dirname(sys.executable), "autolog")
     for command in (["runs", "list"], ["runs", "show", run.id], ["runs", "show", sklearn_run.id],
@@ -95,6 +105,21 @@ def main() -> None:
         print(f"\n$ autolog {' '.join(command)}")
         subprocess.run([cli, *command], check=True)
     show_with_mlflow(run.id)
+
+
+def show_model_with_mlflow(classifier, X_test) -> None:
+    """Load the champion with MLflow's own loader, as a serving process would."""
+    try:
+        import mlflow
+    except ImportError:
+        return
+    mlflow.set_tracking_uri("sqlite:///mlflow.db")  # MLflow's default, written explicitly
+    champion = mlflow.pyfunc.load_model("models:/demo-classifier@champion")
+    same = (champion.predict(X_test) == classifier.predict(X_test)).all()
+    print(f"mlflow.pyfunc.load_model('models:/demo-classifier@champion') predicts as the fitted "
+          f"model: {bool(same)}")
+    if not same:
+        raise SystemExit("the registered model does not predict as the fitted one")
 
 
 def show_with_mlflow(run_id: str) -> None:
