@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -13,6 +14,7 @@ import autolog  # noqa: E402
 from autolog import run as run_module  # noqa: E402
 from autolog.artifacts import uploader as uploader_module  # noqa: E402
 from autolog.config import settings  # noqa: E402
+from autolog.integration import registry  # noqa: E402
 from autolog.models.saver import get_saver  # noqa: E402
 from autolog.stores import close_all  # noqa: E402
 from autolog.writer import get_writer  # noqa: E402
@@ -34,6 +36,8 @@ def isolated_autolog(tmp_path, monkeypatch):
     while (run := run_module.active_run()) is not None:
         run.end()
     autolog.autolog(disable=True)
+    for integration in registry.integrations().values():  # options stay until changed (the
+        integration.options = dict(integration.default_options)  # core's rule): reset them
     saver = get_saver()  # the test's models are saved into its own store and staging area
     finished = saver.wait(300)
     failures = saver.take_failures()
@@ -50,3 +54,25 @@ def isolated_autolog(tmp_path, monkeypatch):
 @pytest.fixture
 def store_uri(isolated_autolog):
     return isolated_autolog
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """``mount_tmpfs("1200k")``: a tmpfs of that size under the test's temp dir (a disk that
+    fills), unmounted after the test; the test skips where mounting needs root it lacks."""
+    mounted = []
+
+    def mount(size: str):
+        mount_point = tmp_path / f"tmpfs-{len(mounted)}"
+        mount_point.mkdir()
+        try:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+                           check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {exc}")
+        mounted.append(mount_point)
+        return mount_point
+
+    yield mount
+    for mount_point in mounted:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

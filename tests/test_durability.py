@@ -120,18 +120,10 @@ def test_end_run_on_a_locked_store_keeps_every_point_and_writes_them_later(
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
+def small_tmpfs(mount_tmpfs):
     """A tmpfs of 1,200 KiB: room for a new MLflow database (930 KiB of empty tables and
     indexes), not for its data."""
-    mount_point = tmp_path / "full"
-    mount_point.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount_point)],
-                       check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {exc}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    return mount_tmpfs("1200k")
 
 
 def test_a_full_disk_spools_at_exit_and_sync_writes_every_point(tmp_path, small_tmpfs):

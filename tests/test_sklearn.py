@@ -47,15 +47,6 @@ REGRESSOR_METRICS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def default_options():
-    """Options given to autolog() stay until changed (the core's rule): reset them."""
-    yield
-    integration = get_integration("sklearn")
-    integration.options = dict(integration.default_options)
-
-
-
 @pytest.fixture
 def data():
     return make_classification(200, 5, n_informative=3, random_state=0)

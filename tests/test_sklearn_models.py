@@ -31,21 +31,12 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 import autolog
-from autolog.integration import get as get_integration
 
 pytest_plugins = ("mlflow_server",)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSIFIER_PLOTS = {"training_confusion_matrix.png", "training_roc_curve.png",
                     "training_precision_recall_curve.png"}
-
-
-@pytest.fixture(autouse=True)
-def default_options():
-    yield
-    integration = get_integration("sklearn")
-    integration.options = dict(integration.default_options)
-
 
 
 @pytest.fixture

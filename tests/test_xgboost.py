@@ -16,17 +16,8 @@ from sklearn.metrics import accuracy_score
 from sklearn.model_selection import GridSearchCV
 
 import autolog
-from autolog.integration import get as get_integration
 
 ROUNDS = 8
-
-
-@pytest.fixture(autouse=True)
-def default_options():
-    yield
-    for name in ("xgboost", "sklearn"):
-        integration = get_integration(name)
-        integration.options = dict(integration.default_options)
 
 
 @pytest.fixture

@@ -23,18 +23,9 @@ from matplotlib.image import imread
 from sklearn.datasets import make_classification, make_regression
 
 import autolog
-from autolog.integration import get as get_integration
 from autolog.models.saver import get_saver
 
 pytest_plugins = ("mlflow_server",)
-
-
-@pytest.fixture(autouse=True)
-def default_options():
-    """Options stay until changed (the core's rule): reset them."""
-    yield
-    integration = get_integration("xgboost")
-    integration.options = dict(integration.default_options)
 
 
 @pytest.fixture
