@@ -324,14 +324,14 @@ def test_a_full_staging_disk_fails_the_save_not_the_fit(store_uri, data, mount_t
     monkeypatch.setenv("AUTOLOG_STAGING_DIR", str(small_tmpfs / "staging"))
     X, y = data
     autolog.autolog(sklearn={"log_diagnostics": False})
-    forest = RandomForestClassifier(n_estimators=30, random_state=0)
+    forest = RandomForestClassifier(n_estimators=150, random_state=0)  # its pickle: about 340 KB
     with autolog.start_run() as run:
         forest.fit(X, y)  # returns: the model is saved later, and does not fit on that disk
     assert forest.predict(X).shape == (len(X),)
     with pytest.raises(autolog.ModelSaveError, match="No space left on device"):
         autolog.flush()
     record = mlflow.MlflowClient(store_uri).get_run(run.id)
-    assert record.data.params["n_estimators"] == "30" and "training_score" in record.data.metrics
+    assert record.data.params["n_estimators"] == "150" and "training_score" in record.data.metrics
     assert record.info.status == "FINISHED" and HISTORY_TAG not in record.data.tags
     left = sum(path.stat().st_size for path in (small_tmpfs / "staging").rglob("*") if path.is_file())
     assert left < 64 * 1024, left  # the half-staged forest (over 256 KiB) is not kept

@@ -292,7 +292,8 @@ def test_connection_refused_is_still_an_outage(unused_uri, spool_dir, capsys):
     assert run.store.backlog().points == 100
     close_all()
     assert len(spool_files(spool_dir)) == 1
-    assert "100 metric points in 2 batches" in capsys.readouterr().err
+    # (in as many batches as the writer made: two, or more on a loaded machine)
+    assert re.search(r"100 metric points in \d+ batches", capsys.readouterr().err)
 
 
 
