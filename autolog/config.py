@@ -60,6 +60,27 @@ class Settings:
         self.on_conflict = check_on_conflict(policy)
 
 
+_taken_run_id: list[str] = []  # the MLFLOW_RUN_ID that take_launcher_run_id() consumed
+
+
+def launcher_run_id() -> str | None:
+    """The run a launcher (MLflow Projects, a job scheduler) started this process for:
+    ``MLFLOW_RUN_ID``, or the value :func:`take_launcher_run_id` removed from the
+    environment."""
+    value = os.environ.get("MLFLOW_RUN_ID", "").strip()
+    return value or (_taken_run_id[-1] if _taken_run_id else None)
+
+
+def take_launcher_run_id() -> str | None:
+    """``MLFLOW_RUN_ID`` for the first run this process starts, then no more: as MLflow's
+    ``start_run``, which removes it from the environment, so that the next run is a new
+    one (and a child process started later does not resume it too)."""
+    value = os.environ.pop("MLFLOW_RUN_ID", "").strip()
+    if value:
+        _taken_run_id.append(value)
+    return value or None
+
+
 def check_on_conflict(policy: object) -> str:
     if policy not in ON_CONFLICT_POLICIES:
         raise ValueError(f"on_conflict must be one of {ON_CONFLICT_POLICIES}, got {policy!r}")
