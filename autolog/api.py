@@ -230,7 +230,8 @@ def search_runs(
     ``order_by`` a list of MLflow's order expressions (``["metrics.acc DESC"]``; default:
     newest first). An expression MLflow refuses raises :class:`ValueError` with MLflow's
     message, and so does an experiment name that does not exist (unless it is the current
-    experiment, which has no runs yet then). ``output_format="pandas"``
+    experiment, which has no runs yet then; with ``MLFLOW_EXPERIMENT_ID`` set and no name,
+    the current experiment is that id). ``output_format="pandas"``
     gives a DataFrame shaped like MLflow's (``run_id``, ``experiment_id``, ``status``,
     ``start_time``, ``end_time``, ``metrics.*``, ``params.*``, ``tags.*``); else a list of
     :class:`~autolog.RunRecord`.
@@ -250,6 +251,9 @@ def search_runs(
     current = settings.resolved_experiment()
     names = [current] if experiment is None else [experiment] if isinstance(experiment, str) else experiment
     ids = []
+    env_id = settings.experiment_id_from_env() if experiment is None else None
+    if env_id is not None:  # MLFLOW_EXPERIMENT_ID: the current experiment, by id
+        names, ids = [], [env_id]
     for name in names:
         found = store.get_experiment_by_name(name)
         if found is not None:

@@ -49,12 +49,25 @@ class Settings:
         )
 
     def resolved_experiment(self) -> str:
+        return self._named_experiment() or DEFAULT_EXPERIMENT
+
+    def _named_experiment(self) -> str | None:
         return (
             self.experiment
             or os.environ.get("AUTOLOG_EXPERIMENT")
             or os.environ.get("MLFLOW_EXPERIMENT_NAME")
-            or DEFAULT_EXPERIMENT
         )
+
+    def experiment_id_from_env(self) -> str | None:
+        """``MLFLOW_EXPERIMENT_ID`` (as MLflow Projects and job launchers set it), where no
+        experiment is named (argument, ``AUTOLOG_EXPERIMENT``, ``MLFLOW_EXPERIMENT_NAME``):
+        a name wins over it, as in MLflow."""
+        raw = os.environ.get("MLFLOW_EXPERIMENT_ID", "").strip()
+        if not raw or self._named_experiment():
+            return None
+        if not raw.isdigit():  # MLflow's stores number their experiments
+            raise ValueError(f"MLFLOW_EXPERIMENT_ID must be an experiment id (a number), got {raw!r}")
+        return raw
 
     def set_on_conflict(self, policy: str) -> None:
         self.on_conflict = check_on_conflict(policy)

@@ -280,8 +280,11 @@ class Registry:
 
 
 def _env_disabled(integrations: dict[str, Integration]) -> list[str]:
-    """Names in ``AUTOLOG_DISABLE`` (comma separated); an unknown name is one warning."""
+    """Names in ``AUTOLOG_DISABLE`` (comma separated; ``all``: every integration); an
+    unknown name is one warning."""
     names = [n.strip() for n in os.environ.get("AUTOLOG_DISABLE", "").split(",") if n.strip()]
+    if "all" in names:
+        return list(integrations)
     unknown = [n for n in names if n not in integrations]
     if unknown:
         warn(f"AUTOLOG_DISABLE names unknown integration(s): {', '.join(unknown)}")

@@ -41,7 +41,7 @@ from typing import Any
 from autolog import patching, stores
 from autolog import run as _run
 from autolog.artifacts import uploader as _uploads
-from autolog.config import settings
+from autolog.config import settings, take_launcher_run_id
 from autolog.models.saver import get_saver
 from autolog.run import Run, ended_status
 from autolog.source import PARENT_RUN_ID, RUN_NAME, system_tags
@@ -78,6 +78,10 @@ def start_run(
 ) -> Run:
     """Start a run (or resume ``run_id``) and make it the active run.
 
+    Where the environment has ``MLFLOW_RUN_ID`` (MLflow Projects and job launchers set it),
+    the first run this process starts without ``run_id`` (and not ``nested``) resumes that
+    run, as MLflow's ``start_run`` does; later ones are new runs.
+
     Use it as a context manager (the run ends FINISHED, FAILED if the block raised, KILLED
     on Ctrl-C) or end it with :func:`end_run`. ``nested=True`` starts a child of the active
     run, linked by the ``mlflow.parentRunId`` tag.
@@ -94,13 +98,16 @@ def start_run(
         )
     checked_tags = _check_tags(tags or {})
     store = current_store()
+    if run_id is None and not nested:
+        run_id = take_launcher_run_id()
+        if run_id is not None:  # the launcher's run, not one an integration started
+            checked_tags.pop(INTEGRATION_TAG, None)
     if run_id is not None:
         return _resume(store, run_id, checked_tags, run_name)
     if experiment is None and parent is not None and parent.store is store:
         experiment_id = parent.experiment_id  # a child run lives beside its parent
     else:
-        name = experiment if experiment is not None else settings.resolved_experiment()
-        experiment_id = store.get_or_create_experiment(check_experiment_name(name)).experiment_id
+        experiment_id = current_experiment_id(store, experiment)
     run_name = check_tag_value(RUN_NAME, run_name or _default_run_name())
     all_tags = {**system_tags(), RUN_NAME: run_name, **checked_tags}
     if parent is not None:
@@ -109,6 +116,18 @@ def start_run(
     run = Run(store, info, settings.on_conflict, parent_id=parent.id if parent else None)
     _activate(run)
     return run
+
+
+def current_experiment_id(store: Store, experiment: str | None = None) -> str:
+    """The id of ``experiment``, else of the experiment in force: ``MLFLOW_EXPERIMENT_ID``
+    where no name is set (see :meth:`autolog.config.Settings.experiment_id_from_env`),
+    else the name's (created if missing)."""
+    if experiment is None:
+        experiment_id = settings.experiment_id_from_env()
+        if experiment_id is not None:
+            return experiment_id
+        experiment = settings.resolved_experiment()
+    return store.get_or_create_experiment(check_experiment_name(experiment)).experiment_id
 
 
 def _resume(store: Store, run_id: str, tags: dict[str, str], run_name: str | None) -> Run:

@@ -41,6 +41,12 @@ Artifacts, under MLflow's names:
   ``autolog.load_checkpoint(ModelClass, run_id)`` and ``mlflow.pytorch.load_checkpoint``
   restore it.
 
+Options ``log_every_n_step`` and ``log_every_n_epoch`` (MLflow's names; default 1: every
+step and every epoch, as cheap here as fewer): step values and the ``lr`` at steps n, 2n,
+... of the run's step axis (None: no step values at all), epoch values (training and
+validation) at epochs n-1, 2n-1, ... as MLflow's ``(epoch + 1) % n == 0``. Values
+logged at the end of the fit (EarlyStopping's, the best checkpoint's) are always logged.
+
 Several ``fit`` calls in one run continue its step and epoch axes: a fit that starts
 behind what the run already has is offset to follow it (a Trainer that resumes, from
 itself or a checkpoint, is already ahead and is not).
@@ -82,6 +88,7 @@ from typing import Any
 from autolog_integrations.torch_autolog import (
     LR,
     STEP_HOOK,
+    check_every,
     has_step_hook,
     metric_key,
     optimizer_params,
@@ -154,7 +161,8 @@ class LightningIntegration(Integration):
     name = "lightning"
     modules = ("lightning.pytorch", "pytorch_lightning")
     supported = ">=2.2,<2.7"  # 2.2.0 (CI's lowest-versions venv) to 2.6.x
-    default_options = {**MODEL_OPTIONS, "checkpoint": False}
+    default_options = {**MODEL_OPTIONS, "checkpoint": False, "log_every_n_step": 1,
+                       "log_every_n_epoch": 1}
     probes = (
         Probe(STEP_VALUES, "fit_loop.epoch_loop._results", lambda package: assigns(
             _internal(package, "loops.training_epoch_loop")._TrainingEpochLoop, "_results")),
@@ -198,6 +206,8 @@ class LightningIntegration(Integration):
         checkpoint = options.get("checkpoint", False)
         if not isinstance(checkpoint, bool):
             raise TypeError(f"checkpoint must be True or False, got {checkpoint!r}")
+        check_every(options, "log_every_n_step", none_allowed=True)
+        check_every(options, "log_every_n_epoch", none_allowed=False)
 
     def axis(self, run: Run) -> _Axis:
         axis = self._axes.get(run)
@@ -488,11 +498,15 @@ class _AutologCallback:
         self._validation: dict[str, Any] | None = None  # snapshot at validation start
         # the features whose probes passed, read once here (False in a silent copy)
         on = integration.feature_on if integration is not None else (lambda feature: False)
-        self._step_values, self._step_lr = on(STEP_VALUES), on(STEP_LR)
+        options = integration.options if integration is not None else {"log_models": False}
+        # log_every_n_step / log_every_n_epoch (None: no per-step values at all)
+        self._every_step = options.get("log_every_n_step", 1) or 0
+        self._every_epoch = options.get("log_every_n_epoch", 1)
+        self._step_values = on(STEP_VALUES)
+        self._step_lr = bool(self._every_step) and on(STEP_LR)
         self._epoch_values = False  # at setup: active, and the probes of EPOCH_VALUES passed
         self._epoch_values_on = on(EPOCH_VALUES)
         # the model's signature and input example, from the first training batch
-        options = integration.options if integration is not None else {"log_models": False}
         self._examples = bool(options["log_models"] and options["log_input_examples"])
         self._first_batch = bool(options["log_models"] and (
             options["log_model_signatures"] or self._examples))
@@ -617,6 +631,12 @@ class _AutologCallback:
             return
         self._last_step = step
         step += self._step_offset
+        axis = self._axis
+        if step > axis.steps:
+            axis.steps = step
+        every = self._every_step
+        if every != 1 and (not every or step % every):
+            return
         run, last, names = self._run, self._last_values, self._names
         results = self._train_results
         for key, result in results.valid_items() if results is not None else ():
@@ -642,9 +662,6 @@ class _AutologCallback:
                     self._last_lrs[index] = lr
                     run.log_metric(f"optimizer_{index}.{LR}" if index else LR, lr, step)
             self._step_lrs.clear()
-        axis = self._axis
-        if step > axis.steps:
-            axis.steps = step
 
     # -- epochs -------------------------------------------------------------------------------
 
@@ -703,9 +720,11 @@ class _AutologCallback:
             self._log_at_epoch(_changed(trainer, before), trainer.current_epoch)
 
     def _log_at_epoch(self, values: dict[str, Any], epoch: int) -> None:
+        """At epochs n-1, 2n-1, ... (0-based) with ``log_every_n_epoch=n``, as MLflow's."""
         step = epoch + self._epoch_offset
-        for key, value in values.items():
-            self._run.log_metric(metric_key(key), value, step)
+        if (step + 1) % self._every_epoch == 0:
+            for key, value in values.items():
+                self._run.log_metric(metric_key(key), value, step)
         axis = self._axis
         if step + 1 > axis.epochs:
             axis.epochs = step + 1

@@ -38,6 +38,12 @@ The per-step logging rests on torch's global optimizer step hook
 the integration is enabled: a torch without it loses ``train_loss`` and ``lr`` (one
 warning), and keeps the optimizer params (into an active run) and SummaryWriter.
 
+Option ``log_every_n_step`` (MLflow's name; default 1): ``train_loss`` and ``lr`` at
+optimizer steps n, 2n, ... only, and SummaryWriter scalars at global steps 0, n, 2n, ...
+(as MLflow's patch of SummaryWriter); None logs neither. The value at that step, not an
+average: a skipped step costs a modulo. A plain loop has no epochs that autolog could
+see, so ``log_every_n_epoch`` is Lightning's alone.
+
 Silence: inside any other autologged call (a Lightning ``fit``) this integration logs
 nothing, so nothing is logged twice; under ``torch.distributed`` (or ``torchrun``'s
 ``RANK``) only rank 0 logs.
@@ -79,6 +85,17 @@ def optimizer_params(optimizer: Any) -> dict[str, Any]:
         p.numel() for group in optimizer.param_groups for p in group["params"] if p.requires_grad
     )
     return params
+
+
+def check_every(options: dict[str, Any], name: str, none_allowed: bool) -> None:
+    """``log_every_n_step``/``log_every_n_epoch``: a positive int (None: never, where
+    ``none_allowed``), refused at ``autolog()``'s line."""
+    value = options.get(name, 1)
+    if value is None and none_allowed:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        allowed = "a positive int or None" if none_allowed else "a positive int"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 def prefixed(prefix: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -133,10 +150,13 @@ class _OptimizerState:
 class _Loop:
     """What the integration knows about one run: its step counter and its optimizers."""
 
-    def __init__(self, run: Run | None, log: bool):
+    def __init__(self, run: Run | None, log: bool, every_n_step: int | None = 1):
         self.run = run
         self.log = log  # False on ranks other than 0: everything is skipped
         self.step = 0
+        # log_every_n_step, read once per run: train_loss and lr at steps n, 2n, ...;
+        # None: not at all (the step counter still advances)
+        self.every = every_n_step or 0
         self.optimizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.configs: list[dict[str, str]] = []  # distinct optimizer settings, by index
         # the optimizer stepped last, weakly: its state may be as big as the model
@@ -183,6 +203,11 @@ class TorchIntegration(Integration):
     probes = (
         Probe(STEP_METRICS, STEP_HOOK, has_step_hook, module="torch"),
     )
+    default_options = {"log_every_n_step": 1}
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        super().check_options(options)
+        check_every(options, "log_every_n_step", none_allowed=True)
 
     def __init__(self) -> None:
         super().__init__()
@@ -243,7 +268,7 @@ class TorchIntegration(Integration):
             run = self.lingering_run()
         loop = self._loops.get(run)
         if loop is None:
-            loop = self._loops[run] = _Loop(run, log=is_rank_zero())
+            loop = self._loops[run] = _Loop(run, is_rank_zero(), self.options["log_every_n_step"])
         self._cached = loop
         return loop
 
@@ -313,6 +338,9 @@ class TorchIntegration(Integration):
                 return
             run = loop.run
             loop.step = step = loop.step + 1
+            every = loop.every
+            if every != 1 and (not every or step % every):
+                return
             if loss is not None:  # a real scalar without a graph: _on_backward checked it
                 count = local.count
                 run.log_checked_tensor(TRAIN_LOSS, loss if count == 1 else loss / count, step)
@@ -348,7 +376,7 @@ class TorchIntegration(Integration):
             loop = self._writer_loop()
             if loop is not None:
                 call = _bind(("tag", "scalar_value", "global_step", "walltime"), args, kwargs)
-                self._log_scalar(loop.run, metric_key(call["tag"]), call)
+                self._log_scalar(loop, metric_key(call["tag"]), call)
         return result
 
     def _on_add_scalars(self, wrapped, instance, args, kwargs):
@@ -359,15 +387,21 @@ class TorchIntegration(Integration):
                 call = _bind(("main_tag", "tag_scalar_dict", "global_step", "walltime"), args, kwargs)
                 for tag, value in call["tag_scalar_dict"].items():
                     key = metric_key(f"{call['main_tag']}/{tag}")
-                    self._log_scalar(loop.run, key, {**call, "scalar_value": value})
+                    self._log_scalar(loop, key, {**call, "scalar_value": value})
         return result
 
     @staticmethod
-    def _log_scalar(run: Run, key: str, call: dict[str, Any]) -> None:
+    def _log_scalar(loop: _Loop, key: str, call: dict[str, Any]) -> None:
+        """One scalar at the writer's global step: at steps 0, n, 2n, ... with
+        ``log_every_n_step=n`` (as MLflow's ``SummaryWriter`` patch), none with None."""
         step = call.get("global_step")
+        step = 0 if step is None else int(step)
+        every = loop.every
+        if every != 1 and (not every or step % every):
+            return
         walltime = call.get("walltime")
         timestamp = None if walltime is None else int(walltime * 1000)
-        run.log_metric(key, call["scalar_value"], 0 if step is None else int(step), timestamp)
+        loop.run.log_metric(key, call["scalar_value"], step, timestamp)
 
     def _on_add_hparams(self, wrapped, instance, args, kwargs):
         # the metric_dict reaches add_scalar inside add_hparams, so only params are left

@@ -24,7 +24,8 @@ from autolog.writer import get_writer  # noqa: E402
 def isolated_autolog(tmp_path, monkeypatch):
     """A fresh store in a temp dir as the default tracking URI; autolog off afterwards."""
     for name in ("AUTOLOG_TRACKING_URI", "MLFLOW_TRACKING_URI", "AUTOLOG_EXPERIMENT",
-                 "MLFLOW_EXPERIMENT_NAME", "AUTOLOG_DISABLE"):
+                 "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID",
+                 "AUTOLOG_DISABLE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AUTOLOG_SPOOL_DIR", str(tmp_path / "spool"))  # never ~/.autolog/spool
