@@ -21,6 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 import autolog
 
 torch.set_num_threads(1)
+pytest_plugins = ("mlflow_server", "databases")
 
 
 @pytest.fixture
@@ -81,6 +82,25 @@ def test_a_script_started_with_mlflow_run_id_logs_into_that_run_and_ends_it(
     assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
     assert [m.step for m in client.get_metric_history(launched, "loss")] == [0, 1, 2]
     assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+@pytest.mark.parametrize("backend", ["server", "postgres", "mysql"])
+def test_the_launchers_run_on_an_mlflow_server_or_database(request, monkeypatch, backend):
+    """A job launched against a tracking server (REST, through the spool) or a shared
+    MLflow database resumes its run there."""
+    uri = (request.getfixturevalue("sqlite_server").uri if backend == "server"
+           else request.getfixturevalue(f"{backend}_uri"))
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.create_experiment(f"launched-{os.getpid()}-{backend}")
+    launched = client.create_run(experiment_id).info.run_id
+    autolog.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_RUN_ID", launched)
+    with autolog.start_run(tags={"stage": "train"}) as run:
+        autolog.log_metric("loss", 0.5, step=1)
+    assert run.id == launched and autolog.flush()
+    got = client.get_run(launched)
+    assert got.info.status == "FINISHED" and got.data.tags["stage"] == "train"
+    assert [(m.step, m.value) for m in client.get_metric_history(launched, "loss")] == [(1, 0.5)]
 
 
 def test_an_explicit_run_id_and_a_nested_run_do_not_take_the_launchers_run(client, monkeypatch):
