@@ -139,6 +139,11 @@ class Integration:
         :func:`autolog.lifecycle.lingering_run`)."""
         return lifecycle.lingering_run(self.name)
 
+    def end_lingering_run(self) -> bool:
+        """End this thread's lingering run, if that is the active run (see
+        :func:`autolog.lifecycle.end_lingering_run`)."""
+        return lifecycle.end_lingering_run()
+
     # -- lifecycle (the registry calls these) -------------------------------------------------
 
     def version_status(self, module: ModuleType) -> tuple[str, str]:

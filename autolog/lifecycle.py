@@ -50,8 +50,8 @@ from autolog.stores.base import FAILED, FINISHED, KILLED, RUNNING, Store
 from autolog.validation import check_experiment_name, check_tag_key, check_tag_value
 from autolog.writer import get_writer
 
-__all__ = ["FAILED", "FINISHED", "INTEGRATION_TAG", "KILLED", "end_run", "fit_run",
-           "lingering_run", "shutdown", "start_run"]
+__all__ = ["FAILED", "FINISHED", "INTEGRATION_TAG", "KILLED", "end_lingering_run", "end_run",
+           "fit_run", "lingering_run", "shutdown", "start_run"]
 
 INTEGRATION_TAG = "autolog.integration"  # on a run an integration started itself
 _fit_runs: weakref.WeakSet[Run] = weakref.WeakSet()  # the runs fit_run() created
@@ -88,7 +88,11 @@ def start_run(
 
     A run started in one thread is the active run for the other threads of the process
     unless they start their own: logging from a worker or DataLoader thread goes to it.
+    This thread's lingering run (a plain loop's, see :func:`lingering_run`) ends FINISHED
+    first, unless ``nested``.
     """
+    if not nested:
+        end_lingering_run()
     own = _run.own_run()
     parent = _run.active_run() if nested else None
     if own is not None and not nested:
@@ -187,13 +191,9 @@ def fit_run(integration: str, guard: Callable[[], contextlib.AbstractContextMana
     threads, with no run of the user's, get a run each. Nor is a lingering run (see
     :func:`lingering_run`): this thread's own ends FINISHED here, and the fit gets a run
     of its own."""
-    run = _run.active_run()
-    own = _run.own_run()
-    if run is not None and run is own and run in _lingering:
-        _lingering.discard(run)
-        with guard():
-            run.end(FINISHED)
-        run, own = _run.active_run(), _run.own_run()
+    with guard():
+        end_lingering_run()
+    run, own = _run.active_run(), _run.own_run()
     if run is not None and (run is own or (run not in _fit_runs and run not in _lingering)):
         yield run
         return
@@ -225,11 +225,23 @@ def ended_with_block(run: Run | None, guard: Callable[[], contextlib.AbstractCon
 def lingering_run(integration: str) -> Run:
     """A new run for logging that has no end of its own (a plain PyTorch loop, a
     SummaryWriter call outside any fit): it stays the active run until
-    ``autolog.end_run()``, the process's exit, or the next fit, which ends it FINISHED
-    rather than logging into it."""
+    ``autolog.end_run()``, the process's exit, or :func:`end_lingering_run` (the next fit,
+    the next ``start_run``, a new plain loop), which ends it FINISHED."""
     run = start_run(tags={INTEGRATION_TAG: integration})
     _lingering.add(run)
     return run
+
+
+def end_lingering_run() -> bool:
+    """End the active run FINISHED if it is a lingering run this thread started; return
+    whether it did. A lingering run that another thread started is left alone: that
+    thread's loop may still be logging into it."""
+    run = _run.active_run()
+    if run is None or run is not _run.own_run() or run not in _lingering:
+        return False
+    _lingering.discard(run)
+    run.end(FINISHED)
+    return True
 
 
 # -- the process hooks (see the module doc for their order) --------------------------------

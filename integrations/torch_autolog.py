@@ -28,10 +28,21 @@ building an optimizer that never steps, to load a checkpoint say, starts no run)
 plain loop has no end that autolog could see, so that run stays the active run, as
 MLflow's implicit runs do, and ends when the process exits: FINISHED, or FAILED after an
 uncaught exception (the core's exit handler); ``autolog.end_run()`` ends it sooner, and
-so does the next autologged fit in the same thread (a Lightning ``fit`` after a
-SummaryWriter call, say), which gets a run of its own. Open a run with
-``autolog.start_run()`` to bound it yourself. An optimizer created outside any
+so do the next autologged fit and the next ``autolog.start_run()`` in the same thread
+(see :func:`autolog.lifecycle.end_lingering_run`), which get a run of their own. Open a
+run with ``autolog.start_run()`` to bound it yourself. An optimizer created outside any
 run logs its params into the run it first steps in.
+
+A new loop, a new run: the construction of an optimizer ends FINISHED the run a plain
+loop started, when that run is this thread's and has stepped, so the next step starts a
+new one (where the new optimizer's ``lr`` is ``lr``). A notebook's second training cell,
+or a script's second experiment, is a run of its own rather than ``optimizer_1.`` keys in
+the first. The conditions keep the rest as it was: optimizers built before the first step
+(a GAN's generator and discriminator) share the run that step starts; an optimizer built
+in another thread (whose loop may still be stepping) leaves the run alone; a run of the
+user's, or of a fit, is never ended here (a second optimizer there is ``optimizer_1.``).
+A loop that builds a new optimizer every epoch gets a run per epoch: build it once, or
+hold the epochs in ``autolog.start_run()``.
 
 The per-step logging rests on torch's global optimizer step hook
 (``torch.optim.optimizer.register_optimizer_step_post_hook``), checked by a probe once as
@@ -358,6 +369,8 @@ class TorchIntegration(Integration):
         if current_owner() is None:
             with self.guard():
                 loop = self._loop(create=False)  # with no run yet: at its first step
+                if loop is not None and loop.step and self.end_lingering_run():
+                    loop = self._loop(create=False)  # a new loop: a new run (module doc)
                 if loop is not None and loop.log and instance not in loop.optimizers:
                     loop.register(instance)
         return result

@@ -396,15 +396,134 @@ def test_a_fit_in_another_thread_neither_ends_nor_joins_this_threads_loop_run():
     from sklearn.linear_model import LogisticRegression
 
     autolog.autolog()
-    train(3)
+    model, optimizer = loop_parts()
+    steps(model, optimizer, 3)
     loop_run = autolog.active_run()
     worker = threading.Thread(target=lambda: LogisticRegression().fit([[0.0], [1.0]], [0, 1]))
     worker.start()
     worker.join()
-    train(2)
+    steps(model, optimizer, 2)
     assert autolog.active_run() is loop_run and loop_run.status == "RUNNING"
     autolog.end_run()
     runs = {run.tags["autolog.integration"]: run for run in autolog.search_runs()}
     assert set(runs) == {"torch", "sklearn"}
     assert runs["torch"].info.run_id == loop_run.id and runs["sklearn"].status == "FINISHED"
     assert [step for step, _ in history(loop_run.id, "train_loss")] == [1, 2, 3, 4, 5]
+
+
+# -- a new loop, a new run ---------------------------------------------------------------------
+
+
+def loop_parts(optimizer_class=torch.optim.SGD, **settings):
+    model = torch.nn.Linear(4, 1)
+    return model, optimizer_class(model.parameters(), **(settings or {"lr": 0.1}))
+
+
+def steps(model, optimizer, count: int) -> None:
+    x, y = data()
+    for _ in range(count):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+
+
+def mlflow_run(run_id: str):
+    import mlflow
+
+    from autolog.config import settings
+
+    autolog.flush()
+    return mlflow.MlflowClient(settings.resolved_tracking_uri()).get_run(run_id)
+
+
+def test_a_new_optimizer_after_a_plain_loop_stepped_starts_a_new_run():
+    autolog.autolog()
+    steps(*loop_parts(lr=0.1), 3)
+    first = autolog.active_run()
+    model, optimizer = loop_parts(torch.optim.Adam, lr=0.01)  # the next cell's loop
+    assert first.status == "FINISHED" and autolog.active_run() is None
+    assert mlflow_run(first.id).info.status == "FINISHED"  # ended as the new loop began
+    steps(model, optimizer, 2)
+    second = autolog.active_run()
+    assert second is not first and second.status == "RUNNING"
+    autolog.end_run()
+    for run, lr, optimizer_name, points in ((first, "0.1", "SGD", [1, 2, 3]),
+                                            (second, "0.01", "Adam", [1, 2])):
+        data = mlflow_run(run.id).data
+        assert (data.params["lr"], data.params["optimizer_name"]) == (lr, optimizer_name)
+        assert not any(key.startswith("optimizer_1.") for key in [*data.params, *data.metrics])
+        assert history(run.id, "lr") == [(1, float(lr))]
+        assert [step for step, _ in history(run.id, "train_loss")] == points
+
+
+def test_optimizers_built_before_the_first_step_share_the_run_it_starts():
+    autolog.autolog()
+    generator, discriminator = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4)
+    opt_d = torch.optim.SGD(discriminator.parameters(), lr=0.1)
+    x, _ = data()
+    for _ in range(2):
+        for optimizer, sign in ((opt_d, 1), (opt_g, -1)):
+            optimizer.zero_grad()
+            (sign * discriminator(generator(x)).mean()).backward()
+            optimizer.step()
+    (run,) = autolog.search_runs()
+    assert autolog.active_run().id == run.info.run_id
+    autolog.end_run()
+    assert [step for step, _ in history(run.info.run_id, "train_loss")] == [1, 2, 3, 4]
+    params = mlflow_run(run.info.run_id).data.params
+    assert (params["optimizer_name"], params["optimizer_1.optimizer_name"]) == ("SGD", "Adam")
+
+
+def test_a_new_optimizer_never_ends_a_users_run():
+    autolog.autolog()
+    with autolog.start_run() as run:
+        steps(*loop_parts(lr=0.1), 2)
+        steps(*loop_parts(torch.optim.Adam, lr=0.01), 2)
+        assert autolog.active_run() is run and run.status == "RUNNING"
+    params = mlflow_run(run.id).data.params
+    assert (params["lr"], params["optimizer_1.lr"]) == ("0.1", "0.01")
+
+
+def test_a_run_that_has_not_stepped_takes_the_new_optimizer(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    autolog.autolog()
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    writer.add_scalar("data/size", 64)  # starts the run, before the loop
+    writer.close()
+    run = autolog.active_run()
+    steps(*loop_parts(lr=0.3), 2)
+    assert autolog.active_run() is run
+    autolog.end_run()
+    data = mlflow_run(run.id).data
+    assert (data.params["lr"], set(data.metrics)) == ("0.3", {"data/size", "train_loss", "lr"})
+
+
+def test_an_optimizer_built_in_another_thread_leaves_this_threads_loop_run_alone():
+    autolog.autolog()
+    model, optimizer = loop_parts()
+    steps(model, optimizer, 2)
+    loop_run = autolog.active_run()
+    worker = threading.Thread(target=loop_parts)
+    worker.start()
+    worker.join()
+    assert loop_run.status == "RUNNING"
+    steps(model, optimizer, 1)
+    assert autolog.active_run() is loop_run
+    autolog.end_run()
+    assert [step for step, _ in history(loop_run.id, "train_loss")] == [1, 2, 3]
+
+
+def test_start_run_after_a_plain_loop_ends_the_loops_run_and_starts_the_users():
+    autolog.autolog()
+    steps(*loop_parts(), 2)
+    loop_run = autolog.active_run()
+    with autolog.start_run(run_name="mine") as mine:
+        assert loop_run.status == "FINISHED" and autolog.active_run() is mine
+    assert autolog.active_run() is None
+    steps(*loop_parts(), 1)
+    loop_run = autolog.active_run()
+    with autolog.start_run(nested=True) as child:  # nested: a child of the loop's run
+        assert child.parent_id == loop_run.id and loop_run.status == "RUNNING"
+    autolog.end_run()
