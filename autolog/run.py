@@ -14,6 +14,11 @@ How a run ends is :func:`ended_status`'s rule; who ends runs, and when, is
 Which run is active: each thread has a stack of the runs it started; a thread that has
 started none sees the stack of the thread that started the first run still open (so a
 run started in the main thread is the active run of DataLoader or worker threads too).
+
+In Jupyter a run shows itself (``Run._repr_html_``) with the latest metrics the writer
+wrote for it in this process (kept as it writes them: displaying asks the store nothing,
+so it costs nothing on a cold server) and where to see it: its page in the MLflow UI of
+a tracking server, or the ``mlflow ui`` command that shows a database.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import quote
 
 from autolog.artifacts.uploader import RunTarget
 from autolog.ledger import ParamLedger
 from autolog.stores.base import FAILED, FINISHED, KILLED, RUN_STATUSES, DatasetInput, RunInfo, Store
+from autolog.uris import SERVER_URI_PREFIXES, is_sql_uri, redact_uri, split_credentials
 from autolog.validation import (
     check_metric_key,
     check_step,
@@ -40,6 +47,7 @@ from autolog.validation import (
 from autolog.writer import get_writer
 
 HIGH_WATER_POINTS = 250_000  # past this many queued points, back-pressure (bounded memory)
+HTML_METRICS = 8  # the latest metrics a run's HTML display shows (by key)
 
 _checked_metric_keys: set[str] = set()
 _SMALL_INT_MAX = 2**30 - 1  # the largest int of one digit, which CPython compares fastest
@@ -91,6 +99,8 @@ class Run:
         self.in_flight = 0  # points the writer is sending right now
         self.final_status: str | None = None
         self.end_time: int | None = None
+        # key -> (value, step) of the latest point written (see note_written)
+        self.latest_metrics: dict[str, tuple[float, int]] = {}
         self.owner_pid = os.getpid()
         self._writer = get_writer()
         self._writer.register(self)
@@ -119,6 +129,45 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<autolog.Run id={self.id} name={self.name!r} status={self.status}>"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's display (module doc). Never raises: a display must not fail a cell."""
+        from html import escape
+
+        try:
+            latest = sorted(dict(self.latest_metrics).items())  # a copy: the writer adds keys
+            shown = [f"{escape(key)} = {value:.6g} <small>(step {step})</small>"
+                     for key, (value, step) in latest[:HTML_METRICS]]
+            if len(latest) > HTML_METRICS:
+                shown.append(f"and {len(latest) - HTML_METRICS} more")
+            rows = [("Run", f"<b>{escape(self.name)}</b>"),
+                    ("ID", f"<code>{escape(self.id)}</code>"),
+                    ("Status", escape(self.status)),
+                    ("Metrics", "<br>".join(shown) or "none written yet"),
+                    ("See it", self._where_html(escape))]
+        except Exception:  # noqa: BLE001 - the plain repr instead
+            return f"<pre>{escape(repr(self))}</pre>"
+        cells = "".join(f'<tr><th style="text-align:left">{label}</th>'
+                        f'<td style="text-align:left">{value}</td></tr>' for label, value in rows)
+        return f"<table>{cells}</table>"
+
+    def _where_html(self, escape: Callable[[str], str]) -> str:
+        """The run's page on a tracking server, or the command that shows its database."""
+        from autolog.stores.spool.spool_file import OFFLINE_RUN_PREFIX
+
+        uri = self.store.uri
+        if uri.startswith(SERVER_URI_PREFIXES):
+            server = split_credentials(uri)[0]
+            if self.id.startswith(OFFLINE_RUN_PREFIX):
+                return f"on {escape(server)} once it answers (the run was started offline)"
+            link = f"{server}/#/experiments/{quote(self.experiment_id)}/runs/{quote(self.id)}"
+            return f'<a href="{escape(link)}" target="_blank">{escape(link)}</a>'
+        if is_sql_uri(uri):
+            import shlex
+
+            command = f"mlflow ui --backend-store-uri {shlex.quote(redact_uri(uri))}"
+            return f"<code>{escape(command)}</code>"
+        return escape(redact_uri(uri))
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -289,6 +338,15 @@ class Run:
 
     def pending_count(self) -> int:
         return len(self.metric_queue) + len(self.lazy_metric_queue) + self.in_flight
+
+    def note_written(self, rows: list[tuple[str, float, int, int]]) -> None:
+        """Keep the latest point (the highest step) of each metric key the store took, for
+        the HTML display; the writer thread calls it after each batch it wrote."""
+        latest = self.latest_metrics
+        for key, value, _, step in rows:
+            known = latest.get(key)
+            if known is None or step >= known[1]:
+                latest[key] = (value, step)
 
     def discard_pending(self) -> None:
         for queue in (self.metric_queue, self.lazy_metric_queue, self.pending_params,

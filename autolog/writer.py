@@ -257,6 +257,7 @@ class Writer:
                     raise
                 finally:
                     run.in_flight = 0
+                run.note_written(rows)
                 wrote += 1
         return wrote
 
