@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from autolog import run as _run
+from autolog import system_metrics as _system_metrics
 from autolog.artifacts import content as _content
 from autolog.artifacts import logged as _logged
 from autolog.artifacts import reading as _reading
@@ -48,6 +49,7 @@ def autolog(
     on_conflict: str | None = None,
     silent: bool | None = None,
     disable: bool = False,
+    system_metrics: bool | dict | None = None,
     **integrations: bool | dict | None,
 ) -> None:
     """Turn on autologging for every installed framework (or turn it off with ``disable``).
@@ -59,6 +61,12 @@ def autolog(
     ``"raise"``. ``silent=True`` hides autolog's warnings. A tracking server that cannot
     be MLflow's as written (a host that does not resolve, TLS that fails, a web server
     that is not MLflow) raises here; one that is down does not (runs start offline).
+
+    System metrics (CPU, memory, disk, network, GPU; see :mod:`autolog.system_metrics`)
+    are logged into every run, every 10 s, unless ``system_metrics=False``,
+    ``disable=True`` or ``AUTOLOG_DISABLE=system``; ``system_metrics={"interval": 5}``
+    sets the interval in seconds. In a distributed job, a node's leader that is not rank 0
+    logs its node's into the launcher's run (``MLFLOW_RUN_ID``) from this call on.
     """
     from autolog import integration  # the registry imports frameworks lazily
 
@@ -69,6 +77,7 @@ def autolog(
         check_tracking_uri(tracking_uri)
     if experiment is not None:
         check_experiment_name(experiment)
+    system_options = _system_metrics.check_options(system_metrics)
     if not disable:  # a typo'd server URI is an error here, not a silent offline run
         check_configuration(tracking_uri or settings.resolved_tracking_uri())
     if on_conflict is not None:
@@ -80,6 +89,9 @@ def autolog(
     if silent is not None:
         settings.silent = bool(silent)
     integration.configure(integrations, disable=disable)
+    _system_metrics.configure(None if disable else system_options)
+    if (launcher_run := _system_metrics.launcher_run_to_attach()) is not None:
+        _system_metrics.attach(current_store(), launcher_run)
 
 
 def set_tracking_uri(uri: str) -> None:

@@ -48,6 +48,7 @@ from autolog.config import warn
 from autolog.models.options import MODEL_OPTIONS, check_model_options
 from autolog.patching import Patcher, guard
 from autolog.run import Run
+from autolog.system_metrics import DISABLE_NAME as SYSTEM_METRICS
 
 ENTRY_POINT_GROUP = "autolog.integrations"
 
@@ -286,11 +287,12 @@ class Registry:
 
 def _env_disabled(integrations: dict[str, Integration]) -> list[str]:
     """Names in ``AUTOLOG_DISABLE`` (comma separated; ``all``: every integration); an
-    unknown name is one warning."""
+    unknown name is one warning (``system`` is known: :mod:`autolog.system_metrics` reads
+    it, and ``all`` too)."""
     names = [n.strip() for n in os.environ.get("AUTOLOG_DISABLE", "").split(",") if n.strip()]
     if "all" in names:
         return list(integrations)
-    unknown = [n for n in names if n not in integrations]
+    unknown = [n for n in names if n not in integrations and n != SYSTEM_METRICS]  # its own
     if unknown:
         warn(f"AUTOLOG_DISABLE names unknown integration(s): {', '.join(unknown)}")
     return [n for n in names if n in integrations]

@@ -11,8 +11,9 @@ The process hooks, installed in this order:
    patching's owner table (only the forking thread's entry stays), the writer (fresh
    locks and thread, empty queues: the parent writes what was pending), the open
    stores (a child gets its own spool), the model saver (the parent saves what it
-   queued), then the artifact uploader (a child gets its own journal; the parent's
-   uploads stay the parent's).
+   queued), the artifact uploader (a child gets its own journal; the parent's
+   uploads stay the parent's), then the system metrics sampler (a child starts with
+   none; it samples into the runs the child starts).
 2. atexit (also at import): :func:`shutdown`.
 3. ``sys.excepthook``, chained (when the first run starts): notes an uncaught exception,
    so that :func:`shutdown` ends the runs still open FAILED, or KILLED after Ctrl-C.
@@ -40,6 +41,7 @@ from typing import Any
 
 from autolog import patching, stores
 from autolog import run as _run
+from autolog import system_metrics as _system_metrics
 from autolog.artifacts import uploader as _uploads
 from autolog.config import settings, take_launcher_run_id
 from autolog.models.saver import get_saver
@@ -101,13 +103,14 @@ def start_run(
             "first, or pass nested=True to start a child run"
         )
     checked_tags = _check_tags(tags or {})
+    sampling = _system_metrics.plan()  # before the run: a bad setting leaves none behind
     store = current_store()
     if run_id is None and not nested:
         run_id = take_launcher_run_id()
         if run_id is not None:  # the launcher's run, not one an integration started
             checked_tags.pop(INTEGRATION_TAG, None)
     if run_id is not None:
-        return _resume(store, run_id, checked_tags, run_name)
+        return _resume(store, run_id, checked_tags, run_name, sampling)
     if experiment is None and parent is not None and parent.store is store:
         experiment_id = parent.experiment_id  # a child run lives beside its parent
     else:
@@ -119,6 +122,7 @@ def start_run(
     info = store.create_run(experiment_id, run_name, int(time.time() * 1000), all_tags)
     run = Run(store, info, settings.on_conflict, parent_id=parent.id if parent else None)
     _activate(run)
+    _system_metrics.watch(run, sampling)
     return run
 
 
@@ -134,7 +138,8 @@ def current_experiment_id(store: Store, experiment: str | None = None) -> str:
     return store.get_or_create_experiment(check_experiment_name(experiment)).experiment_id
 
 
-def _resume(store: Store, run_id: str, tags: dict[str, str], run_name: str | None) -> Run:
+def _resume(store: Store, run_id: str, tags: dict[str, str], run_name: str | None,
+            sampling: _system_metrics.Plan | None) -> Run:
     record = store.get_run(run_id)  # RunNotFoundError names the run and the store
     store.update_run(run_id, RUNNING, None)
     info = dataclasses.replace(record.info, run_name=run_name or record.info.run_name,
@@ -144,6 +149,7 @@ def _resume(store: Store, run_id: str, tags: dict[str, str], run_name: str | Non
     if tags:
         run.set_tags(tags)
     _activate(run)
+    _system_metrics.watch(run, sampling, list(record.metrics))  # its steps go on
     return run
 
 
@@ -256,13 +262,15 @@ def _after_fork_in_child() -> None:
     uploader = _uploads.existing_uploader()
     if uploader is not None:
         uploader.after_fork_in_child()
+    _system_metrics.after_fork_in_child()
 
 
 _shut_down = False
 
 
 def shutdown(status: str | None = None, on_signal: bool = False) -> None:
-    """End the runs still open (``status``, by default FINISHED, KILLED after an uncaught
+    """Stop the system metrics sampler, end the runs still open (``status``, by default
+    FINISHED, KILLED after an uncaught
     Ctrl-C, FAILED after another uncaught exception), save the models still queued
     (:mod:`autolog.models.saver`), give the writer its bounded time
     (``AUTOLOG_EXIT_TIMEOUT``), spool what the stores did not take and say where, wait
@@ -271,16 +279,19 @@ def shutdown(status: str | None = None, on_signal: bool = False) -> None:
     limit). Runs at interpreter exit, or first at SIGTERM (``on_signal``: the models get
     ``AUTOLOG_EXIT_TIMEOUT`` at most, so that the writer's turn comes before the process
     dies; then at exit it does nothing).
-    A forked child never ends the runs it inherited."""
+    A forked child never ends the runs it inherited, nor does any process end a run it
+    logs into ``attached`` (a node leader's system metrics, :mod:`autolog.system_metrics`):
+    its points are written, its status is not touched."""
     global _shut_down
     if _shut_down:
         return
     _shut_down = True
     if status is None:
         status = ended_status(type(_uncaught[-1])) if _uncaught else FINISHED
+    _system_metrics.stop(final=True)  # no sample into a run ending here or after the writer
     writer = get_writer()
     for run in writer.pending_runs():
-        if run.final_status is None and run.owner_pid == os.getpid():
+        if run.final_status is None and run.owner_pid == os.getpid() and not run.attached:
             run.mark_ended(status)
     models_left = None
     try:  # before the writer: a "best" model reads its run; at SIGTERM only briefly

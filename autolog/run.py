@@ -84,10 +84,16 @@ def user_call_site(skip: tuple[str, ...] = ()) -> str:
 
 
 class Run:
-    """An open run in this process. Use it as a context manager or end it with ``end()``."""
+    """An open run in this process. Use it as a context manager or end it with ``end()``.
 
-    def __init__(self, store: Store, info: RunInfo, on_conflict: str, parent_id: str | None = None):
+    ``attached``: a run this process logs into without owning it (a node leader's system
+    metrics into the launcher's run, see :mod:`autolog.system_metrics`): never active here,
+    and never ended here, at exit neither; its points are written as any run's."""
+
+    def __init__(self, store: Store, info: RunInfo, on_conflict: str, parent_id: str | None = None,
+                 attached: bool = False):
         self.store = store
+        self.attached = attached
         self.info = info
         self.parent_id = parent_id
         self.ledger = ParamLedger(on_conflict)

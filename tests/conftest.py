@@ -12,6 +12,7 @@ pytest.register_assert_rewrite("mlflow_server", "databases", "browser", "s3_serv
 
 import autolog  # noqa: E402
 from autolog import run as run_module  # noqa: E402
+from autolog import system_metrics  # noqa: E402
 from autolog.artifacts import uploader as uploader_module  # noqa: E402
 from autolog.config import settings  # noqa: E402
 from autolog.integration import registry  # noqa: E402
@@ -27,6 +28,11 @@ def isolated_autolog(tmp_path, monkeypatch):
                  "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID",
                  "AUTOLOG_DISABLE"):
         monkeypatch.delenv(name, raising=False)
+    # System metrics are on by default, and a sample every 10 s would land in any test
+    # that runs that long and asserts a run's exact metrics: they are off for the suite
+    # (and the scripts its tests start, which inherit this environment); the tests of
+    # tests/test_system_metrics.py turn them on.
+    monkeypatch.setenv("AUTOLOG_DISABLE", system_metrics.DISABLE_NAME)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AUTOLOG_SPOOL_DIR", str(tmp_path / "spool"))  # never ~/.autolog/spool
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -37,6 +43,7 @@ def isolated_autolog(tmp_path, monkeypatch):
     while (run := run_module.active_run()) is not None:
         run.end()
     autolog.autolog(disable=True)
+    system_metrics.configure({})  # on again, with its defaults (as a new process)
     for integration in registry.integrations().values():  # options stay until changed (the
         integration.options = dict(integration.default_options)  # core's rule): reset them
     saver = get_saver()  # the test's models are saved into its own store and staging area
