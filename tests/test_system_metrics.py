@@ -309,10 +309,13 @@ DDP_SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     autolog.autolog(system_metrics={"interval": 0.2})
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    if rank == 0:  # the job's run; the other node leaders attach to it in autolog()
-        run = autolog.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
-    elif local_rank > 0:
-        autolog.start_run(run_name=f"rank-{rank}")  # a run of its own: never sampled
+    job_run = os.environ["MLFLOW_RUN_ID"]
+    if rank == 0:  # resumes the job's run; the other node leaders attach to it in autolog()
+        run = autolog.start_run()
+        assert run.id == job_run
+    elif local_rank > 0:  # a run of its own (not the launcher's): never sampled
+        del os.environ["MLFLOW_RUN_ID"]
+        autolog.start_run(run_name=f"rank-{rank}")
     dist.init_process_group("gloo")
     tensor = torch.ones(1)
     for _ in range(4):
