@@ -21,6 +21,10 @@ in an SQLite store in a temp dir; its cost per sample is then scaled to the 10 s
   where the writer (every 0.2 s) writes each sample in a batch of its own, as at 10 s.
   A difference of two process times: noisier than the thread's own clock on a shared
   machine.
+
+Where CUDA sees a GPU, :func:`gpu_witness` also shows that the GPU metrics are real: a
+run idle, then loading ``cuda:0``, its ``system/gpu_0_*`` series read back with MLflow's
+client, beside what ``nvidia-smi`` says during the load.
 """
 
 from __future__ import annotations
@@ -124,6 +128,66 @@ def mlflow_thread(uri: str, window: float) -> tuple[float, int]:
         monitor.finish()
 
 
+GPU_KEYS = ("utilization_percentage", "memory_usage_megabytes", "power_usage_watts")
+
+
+def gpu_witness(uri: str) -> list[str]:
+    """Where CUDA sees a GPU: are the GPU metrics real? A run sampled every 0.5 s, idle for
+    3 s, then 6 s of matrix products on ``cuda:0``; its ``system/gpu_0_*`` series are read
+    back with MLflow's client, idle samples beside busy ones, and ``nvidia-smi`` asked
+    during the load as an independent witness. Lines of markdown (one, without a GPU)."""
+    try:
+        import torch
+    except ImportError:
+        return ["GPU metrics: not measured (no torch)."]
+    if not torch.cuda.is_available():
+        return ["GPU metrics: not measured here (no CUDA device visible)."]
+    import mlflow
+
+    import autolog
+
+    autolog.set_tracking_uri(uri)
+    autolog.autolog(system_metrics={"interval": 0.5})
+    with autolog.start_run(run_name="gpu witness") as run:
+        time.sleep(3.0)
+        busy_from = time.time() * 1000
+        a = torch.randn(8192, 8192, device="cuda")
+        smi = None
+        deadline = time.monotonic() + 6.0
+        while time.monotonic() < deadline:
+            for _ in range(20):
+                a = (a @ a).tanh_()
+            torch.cuda.synchronize()
+            if smi is None and time.monotonic() > deadline - 3.0:
+                smi = _nvidia_smi()
+        busy_to = time.time() * 1000
+    assert autolog.flush()
+    client = mlflow.MlflowClient(uri)
+    lines = [f"GPU metrics on {torch.cuda.get_device_name(0)}, read back with `MlflowClient`:",
+             "", "| metric | idle (mean of the samples before the load) | busy (max during the load) |",
+             "|---|---|---|"]
+    for key in GPU_KEYS:
+        points = client.get_metric_history(run.id, f"system/gpu_0_{key}")
+        idle = [p.value for p in points if p.timestamp < busy_from]
+        busy = [p.value for p in points if busy_from <= p.timestamp <= busy_to]
+        idle_text = f"{sum(idle) / len(idle):.1f}" if idle else "none"
+        lines.append(f"| `system/gpu_0_{key}` | {idle_text} | {max(busy) if busy else 'none'} |")
+    smi_text = smi or "not available"
+    lines += ["", f"`nvidia-smi` during the load (utilization %, memory MiB, power W): {smi_text}."]
+    return lines
+
+
+def _nvidia_smi() -> str | None:
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    out = subprocess.run(["nvidia-smi", "--id=0", "--query-gpu=utilization.gpu,memory.used,power.draw",
+                          "--format=csv,noheader,nounits"], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or None
+
+
 def row(name: str, seconds: float, samples: int) -> str:
     share = seconds / DEFAULT_INTERVAL_S * 100
     return f"| {name} | {seconds * 1e3:.3f} ms | {share:.4f} % | {samples} |"
@@ -143,19 +207,23 @@ def main() -> None:
         ours = autolog_thread(autolog_uri, window)
         process = autolog_process(autolog_uri, window)
         theirs = mlflow_thread(mlflow_uri, window)
+        gpu = gpu_witness(f"sqlite:///{Path(root) / 'gpu.db'}")
     markdown = "\n".join([
         "## System metrics: the sampler's cost",
         "",
         f"Machine: {machine()}. CPU time per sample, measured at a short interval over a "
         f"{window:g} s window and scaled to the default 10 s interval (see the benchmark's "
         "doc for the method). Both sample CPU, memory, disk and network (autolog's sample "
-        "also has its two disk-IO values); no GPU on this machine.",
+        "also has its two disk-IO values; on a GPU machine both add the GPU's, and the "
+        "measurement then includes NVML's calls).",
         "",
         "| sampler | CPU per sample | share of one core at 10 s | samples |",
         "|---|---|---|---|",
         row(f"autolog, its thread ({SHORT_INTERVAL_S:g} s interval)", *ours),
         row(f"autolog, whole process: thread + writer ({WRITER_INTERVAL_S:g} s interval)", *process),
         row(f"MLflow SystemMetricsMonitor, its thread ({SHORT_INTERVAL_S:g} s interval)", *theirs),
+        "",
+        *gpu,
     ])
     publish(SECTION, markdown, args.quick)
 

@@ -97,7 +97,11 @@ def counts(dump: Path) -> dict[str, int]:
 def measure(steps: int, helper: Path, out: Path) -> dict[str, dict[str, int]]:
     """Run the phases under callgrind; the training thread's counts per phase."""
     prefix = out / "callgrind"
-    env = {**os.environ, "PYTHONHASHSEED": "0", "AUTOLOG_FLUSH_INTERVAL": "3600"}
+    # The system-metrics sampler is off: under callgrind a 10 s interval is a few steps,
+    # not hundreds, so its samples would be counted as the steps' cost
+    # (bench_system_metrics.py measures it: well under 0.1% of a core).
+    env = {**os.environ, "PYTHONHASHSEED": "0", "AUTOLOG_FLUSH_INTERVAL": "3600",
+           "AUTOLOG_DISABLE": "system"}
     subprocess.run(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes",
          "--separate-threads=yes", f"--callgrind-out-file={prefix}",
