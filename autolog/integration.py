@@ -140,6 +140,11 @@ class Integration:
         :func:`autolog.lifecycle.lingering_run`)."""
         return lifecycle.lingering_run(self.name)
 
+    def is_own_lingering(self, run: Run | None) -> bool:
+        """Whether ``run`` is this thread's lingering run (see
+        :func:`autolog.lifecycle.is_own_lingering`)."""
+        return lifecycle.is_own_lingering(run)
+
     def end_lingering_run(self) -> bool:
         """End this thread's lingering run, if that is the active run (see
         :func:`autolog.lifecycle.end_lingering_run`)."""

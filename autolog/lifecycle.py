@@ -238,12 +238,17 @@ def lingering_run(integration: str) -> Run:
     return run
 
 
+def is_own_lingering(run: Run | None) -> bool:
+    """Whether ``run`` is a lingering run this thread started and still has active."""
+    return run is not None and run is _run.own_run() and run in _lingering
+
+
 def end_lingering_run() -> bool:
     """End the active run FINISHED if it is a lingering run this thread started; return
     whether it did. A lingering run that another thread started is left alone: that
     thread's loop may still be logging into it."""
     run = _run.active_run()
-    if run is None or run is not _run.own_run() or run not in _lingering:
+    if not is_own_lingering(run):
         return False
     _lingering.discard(run)
     run.end(FINISHED)

@@ -141,7 +141,10 @@ class Run:
         from html import escape
 
         try:
-            latest = sorted(dict(self.latest_metrics).items())  # a copy: the writer adds keys
+            # a copy (the writer adds keys); the user's and the integrations' metrics before
+            # the system metrics (a dozen keys of their own), each part by key
+            latest = sorted(dict(self.latest_metrics).items(),
+                            key=lambda item: (item[0].startswith("system/"), item[0]))
             shown = [f"{escape(key)} = {value:.6g} <small>(step {step})</small>"
                      for key, (value, step) in latest[:HTML_METRICS]]
             if len(latest) > HTML_METRICS:

@@ -33,16 +33,21 @@ so do the next autologged fit and the next ``autolog.start_run()`` in the same t
 run with ``autolog.start_run()`` to bound it yourself. An optimizer created outside any
 run logs its params into the run it first steps in.
 
-A new loop, a new run: the construction of an optimizer ends FINISHED the run a plain
-loop started, when that run is this thread's and has stepped, so the next step starts a
-new one (where the new optimizer's ``lr`` is ``lr``). A notebook's second training cell,
-or a script's second experiment, is a run of its own rather than ``optimizer_1.`` keys in
-the first. The conditions keep the rest as it was: optimizers built before the first step
-(a GAN's generator and discriminator) share the run that step starts; an optimizer built
-in another thread (whose loop may still be stepping) leaves the run alone; a run of the
-user's, or of a fit, is never ended here (a second optimizer there is ``optimizer_1.``).
-A loop that builds a new optimizer every epoch gets a run per epoch: build it once, or
-hold the epochs in ``autolog.start_run()``.
+A new loop, a new run: the first step of an optimizer new to the run a plain loop
+started ends that run FINISHED and starts a new one (where the new optimizer's ``lr`` is
+``lr``), when that run is this thread's, has stepped, and either every optimizer it
+stepped before is gone (garbage: a script's next experiment, a notebook cell that
+rebinds ``optimizer``) or it began in an earlier notebook cell (IPython's
+``execution_count``). So a notebook's second training cell, or a script's second
+training function, is a run of its own rather than ``optimizer_1.`` keys in the first.
+The conditions keep the rest as it was: optimizers built before the first step (a GAN's
+generator and discriminator) share the run that step starts; an optimizer built and
+stepped while the loop's own optimizer lives, in the same cell (an inner optimizer per
+batch: adversarial perturbations, MAML, test-time adaptation), joins the run as
+``optimizer_1.``; an optimizer of another thread leaves the run alone; a run of the
+user's, or of a fit, is never ended here. Hold several loops in one run with
+``autolog.start_run()``. Building an optimizer decides nothing: the loop it belongs to is
+known at its first step (an optimizer built only to load a checkpoint changes nothing).
 
 The per-step logging rests on torch's global optimizer step hook
 (``torch.optim.optimizer.register_optimizer_step_post_hook``), checked by a probe once as
@@ -73,6 +78,7 @@ from typing import Any
 from autolog.integration import Integration, Probe
 from autolog.patching import current_owner
 from autolog.run import Run, active_run
+from autolog.source import ipython_shell
 
 TRAIN_LOSS = "train_loss"
 LR = "lr"
@@ -96,6 +102,13 @@ def optimizer_params(optimizer: Any) -> dict[str, Any]:
         p.numel() for group in optimizer.param_groups for p in group["params"] if p.requires_grad
     )
     return params
+
+
+def notebook_cell() -> int | None:
+    """The number of the notebook cell running now (IPython's ``execution_count``), or
+    None outside IPython."""
+    shell = ipython_shell()
+    return None if shell is None else shell.execution_count
 
 
 def check_every(options: dict[str, Any], name: str, none_allowed: bool) -> None:
@@ -168,6 +181,7 @@ class _Loop:
         # log_every_n_step, read once per run: train_loss and lr at steps n, 2n, ...;
         # None: not at all (the step counter still advances)
         self.every = every_n_step or 0
+        self.cell = notebook_cell()  # the notebook cell it began in (None outside Jupyter)
         self.optimizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.configs: list[dict[str, str]] = []  # distinct optimizer settings, by index
         # the optimizer stepped last, weakly: its state may be as big as the model
@@ -347,6 +361,13 @@ class TorchIntegration(Integration):
                 loop = self._loop(create=True)
             if loop is None or not loop.log:
                 return
+            last = loop.last
+            if last is not None and last[0]() is optimizer:
+                state = last[1]
+            else:  # another optimizer than the last step's: a new one may start a new loop
+                if optimizer not in loop.optimizers:
+                    loop = self._next_loop(loop, optimizer)
+                state = loop.state(optimizer)
             run = loop.run
             loop.step = step = loop.step + 1
             every = loop.every
@@ -355,8 +376,6 @@ class TorchIntegration(Integration):
             if loss is not None:  # a real scalar without a graph: _on_backward checked it
                 count = local.count
                 run.log_checked_tensor(TRAIN_LOSS, loss if count == 1 else loss / count, step)
-            last = loop.last
-            state = last[1] if last is not None and last[0]() is optimizer else loop.state(optimizer)
             lr = optimizer.param_groups[0]["lr"]
             if type(lr) in (float, int) and lr != state.last_lr:  # comparing a tensor lr syncs
                 state.last_lr = lr
@@ -369,11 +388,21 @@ class TorchIntegration(Integration):
         if current_owner() is None:
             with self.guard():
                 loop = self._loop(create=False)  # with no run yet: at its first step
-                if loop is not None and loop.step and self.end_lingering_run():
-                    loop = self._loop(create=False)  # a new loop: a new run (module doc)
+                if loop is not None and loop.step and self.is_own_lingering(loop.run):
+                    return result  # at its first step, which may start a new run (module doc)
                 if loop is not None and loop.log and instance not in loop.optimizers:
                     loop.register(instance)
         return result
+
+    def _next_loop(self, loop: _Loop, optimizer: Any) -> _Loop:
+        """At the first step of an optimizer new to ``loop``: a new loop (and run) when
+        this one is this thread's lingering run and its own optimizers are all gone, or it
+        began in an earlier notebook cell; else ``loop`` (module doc)."""
+        if (loop.step and self.is_own_lingering(loop.run)
+                and (not loop.optimizers or loop.cell != notebook_cell())
+                and self.end_lingering_run()):
+            return self._loop(create=True)
+        return loop
 
     # -- TensorBoard --------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import types
 import warnings
 from pathlib import Path
@@ -153,6 +154,23 @@ def test_a_runs_html_escapes_its_name_shows_the_latest_metrics_and_the_mlflow_ui
     assert "m00 = 0 <small>(step 7)</small>" in page and "and 3 more" in page  # loss + m00..m06
     assert f"<code>mlflow ui --backend-store-uri {store_uri}</code>" in page
     assert "FINISHED" in run._repr_html_() and repr(run).startswith("<autolog.Run id=")
+
+
+def test_a_runs_html_shows_the_training_metrics_before_the_system_metrics(store_uri, monkeypatch):
+    monkeypatch.delenv("AUTOLOG_DISABLE")  # conftest's default: system metrics off
+    autolog.autolog(system_metrics={"interval": 0.1})
+    with autolog.start_run() as run:
+        deadline = time.monotonic() + 30
+        while sum(key.startswith("system/") for key in run.latest_metrics) < HTML_METRICS:
+            assert time.monotonic() < deadline, "no system metrics sampled"
+            time.sleep(0.1)
+            autolog.flush()
+        autolog.log_metrics({"val_loss": 0.5, "train_loss": 0.25}, step=1)
+        autolog.flush()
+        page = run._repr_html_()
+    shown = page.split("<th style=\"text-align:left\">Metrics</th>")[1].split("</td>")[0]
+    assert shown.index("train_loss = 0.25") < shown.index("val_loss = 0.5") < shown.index("system/")
+    assert "more" in shown
 
 
 def test_a_server_runs_html_links_its_page_without_credentials(sqlite_server, monkeypatch):

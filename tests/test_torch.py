@@ -440,10 +440,11 @@ def test_a_new_optimizer_after_a_plain_loop_stepped_starts_a_new_run():
     autolog.autolog()
     steps(*loop_parts(lr=0.1), 3)
     first = autolog.active_run()
-    model, optimizer = loop_parts(torch.optim.Adam, lr=0.01)  # the next cell's loop
-    assert first.status == "FINISHED" and autolog.active_run() is None
-    assert mlflow_run(first.id).info.status == "FINISHED"  # ended as the new loop began
+    model, optimizer = loop_parts(torch.optim.Adam, lr=0.01)  # the next experiment's loop
+    assert first.status == "RUNNING"  # building an optimizer decides nothing
     steps(model, optimizer, 2)
+    assert first.status == "FINISHED"  # the first optimizer is gone: a new loop began
+    assert mlflow_run(first.id).info.status == "FINISHED"
     second = autolog.active_run()
     assert second is not first and second.status == "RUNNING"
     autolog.end_run()
@@ -471,6 +472,39 @@ def test_optimizers_built_before_the_first_step_share_the_run_it_starts():
     assert autolog.active_run().id == run.info.run_id
     autolog.end_run()
     assert [step for step, _ in history(run.info.run_id, "train_loss")] == [1, 2, 3, 4]
+    params = mlflow_run(run.info.run_id).data.params
+    assert (params["optimizer_name"], params["optimizer_1.optimizer_name"]) == ("SGD", "Adam")
+
+
+def test_an_inner_optimizer_per_batch_joins_the_loops_run():
+    """Adversarial training (PGD), MAML, test-time adaptation: an optimizer built and
+    stepped every batch while the loop's own optimizer lives is not a new loop."""
+    autolog.autolog()
+    model, optimizer = loop_parts(lr=0.1)
+    x, y = data()
+    for _ in range(5):
+        delta = torch.zeros_like(x, requires_grad=True)
+        attack = torch.optim.SGD([delta], lr=0.01)
+        attack.zero_grad()
+        (-torch.nn.functional.mse_loss(model(x + delta), y)).backward()
+        attack.step()
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x + delta.detach()), y).backward()
+        optimizer.step()
+    (run,) = autolog.search_runs()
+    autolog.end_run()
+    params = mlflow_run(run.info.run_id).data.params  # the attack steps first: its lr is lr
+    assert (params["lr"], params["optimizer_1.lr"]) == ("0.01", "0.1")
+    assert [step for step, _ in history(run.info.run_id, "train_loss")] == list(range(1, 11))
+
+
+def test_a_second_optimizer_while_the_first_lives_joins_the_run_outside_a_notebook():
+    autolog.autolog()
+    model, first_optimizer = loop_parts(lr=0.1)
+    steps(model, first_optimizer, 2)
+    steps(model, torch.optim.Adam(model.parameters(), lr=0.01), 2)
+    (run,) = autolog.search_runs()
+    autolog.end_run()
     params = mlflow_run(run.info.run_id).data.params
     assert (params["optimizer_name"], params["optimizer_1.optimizer_name"]) == ("SGD", "Adam")
 
