@@ -117,18 +117,25 @@ def test_grad_scaler_records_the_unscaled_loss():
     assert [value for _, value in history(run.id, "train_loss")] == pytest.approx(losses)
 
 
+def train_gan() -> torch.nn.Module:
+    """Two optimizers (Adam, then SGD) built before the first step, stepped alternately
+    (SGD first) twice; returns the discriminator."""
+    generator, discriminator = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4)
+    opt_d = torch.optim.SGD(discriminator.parameters(), lr=0.1)
+    x, _ = data()
+    for _ in range(2):
+        for optimizer, sign in ((opt_d, 1), (opt_g, -1)):
+            optimizer.zero_grad()
+            (sign * discriminator(generator(x)).mean()).backward()
+            optimizer.step()
+    return discriminator
+
+
 def test_a_second_optimizer_with_other_settings_is_prefixed():
     autolog.autolog()
-    generator, discriminator = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)
     with autolog.start_run() as run:
-        opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4)
-        opt_d = torch.optim.SGD(discriminator.parameters(), lr=0.1)
-        x, _ = data()
-        for _ in range(2):
-            for optimizer, sign in ((opt_d, 1), (opt_g, -1)):
-                optimizer.zero_grad()
-                (sign * discriminator(generator(x)).mean()).backward()
-                optimizer.step()
+        discriminator = train_gan()
         torch.optim.SGD(discriminator.parameters(), lr=0.1)  # the same settings again: no new keys
     params = autolog.get_run(run.id).params
     assert (params["optimizer_name"], params["lr"]) == ("Adam", "0.0002")
@@ -459,15 +466,7 @@ def test_a_new_optimizer_after_a_plain_loop_stepped_starts_a_new_run():
 
 def test_optimizers_built_before_the_first_step_share_the_run_it_starts():
     autolog.autolog()
-    generator, discriminator = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4)
-    opt_d = torch.optim.SGD(discriminator.parameters(), lr=0.1)
-    x, _ = data()
-    for _ in range(2):
-        for optimizer, sign in ((opt_d, 1), (opt_g, -1)):
-            optimizer.zero_grad()
-            (sign * discriminator(generator(x)).mean()).backward()
-            optimizer.step()
+    train_gan()
     (run,) = autolog.search_runs()
     assert autolog.active_run().id == run.info.run_id
     autolog.end_run()
