@@ -29,7 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 from autolog.artifacts.uploader import RunTarget
@@ -65,6 +65,9 @@ class _EndedQueue(deque):
         self.run_id = run_id
 
     def append(self, _item: object) -> None:
+        self.refuse()
+
+    def refuse(self) -> NoReturn:
         raise RuntimeError(
             f"run {self.run_id} has ended; start a new run, or resume this one with "
             f"autolog.start_run(run_id={self.run_id!r})"
@@ -219,6 +222,31 @@ class Run:
         queue.append((key, tensor, int(_time() * 1000), step))
         if len(queue) > HIGH_WATER_POINTS:
             self._writer.relieve(self, HIGH_WATER_POINTS)
+
+    def log_sample(self, metrics: dict[str, float], step: int, timestamp: int) -> None:
+        """Queue plain numbers at one ``step`` and ``timestamp``, all or none: the system
+        metrics sampler's path (:mod:`autolog.system_metrics`), from its own thread.
+
+        Everything is checked first, then queued by one ``deque.extend`` of a list (one C
+        call: :meth:`end` swapping the queue cannot split it), and refused (RuntimeError,
+        nothing queued) once the queue is an ended run's (``extend`` is not the refusing
+        ``append``). A sample racing ``end`` lands in the live queue whole, where
+        :meth:`_close_queues` moves it, before the status, into the ended one, or (when
+        that queue was already emptied) in no run at all. No back-pressure: a sample is a
+        few points every few seconds."""
+        step, timestamp = check_step(step), check_timestamp_ms(timestamp)
+        points = []
+        for key, value in metrics.items():
+            if key not in _checked_metric_keys:
+                _checked_metric_keys.add(check_metric_key(key))
+            if metric_value_kind(value) != "native":
+                raise TypeError(f"log_sample takes int or float values, got "
+                                f"{type(value).__name__} for {key!r}")
+            points.append((key, value, timestamp, step))
+        queue = self.metric_queue
+        if isinstance(queue, _EndedQueue):
+            queue.refuse()
+        queue.extend(points)
 
     def log_metrics(
         self, metrics: dict[str, Any], step: int | None = None, timestamp: int | None = None

@@ -18,7 +18,8 @@ A sample (MLflow's names and units; a megabyte is 10**6 bytes, as MLflow's):
   ``_memory_usage_megabytes``, ``_memory_usage_percentage``, ``_power_usage_watts``,
   ``_power_usage_percentage``, read through NVML (``nvidia-ml-py``, imported in the thread,
   never by ``import autolog``). No NVML driver: no GPU metrics and nothing said (the CPU
-  machine's normal case); an NVML call that fails skips that one metric.
+  machine's normal case); an NVML call that fails skips that one metric (a GPU whose
+  handle NVML cannot give, that GPU alone).
 
 Each value is one ``psutil`` (or NVML) call: no subprocess, no scan of processes. Values
 are rounded to 0.1 as MLflow rounds them (the network's are not, as in MLflow).
@@ -29,11 +30,15 @@ process is open, the first one interval after the thread started. Each run gets 
 sample at steps 0, 1, 2... of its own; a resumed run (``start_run(run_id=...)``)
 continues after the largest step of its series, as MLflow's ``resume_logging`` (looked up
 in the thread). With no run open the thread ends; the next run starts it again. A run
-that ends gets no more samples (a sample racing the end is dropped for that run).
+that ends gets no more samples; a sample goes into a run whole or not at all
+(:meth:`~autolog.run.Run.log_sample`: one racing the end is dropped for that run), so every
+key of a sample has its step.
 
 Off: ``autolog(system_metrics=False)``, ``autolog(disable=True)`` (both stop the thread
 now), ``AUTOLOG_DISABLE=system`` or MLflow's ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false``
-(read as each run starts).
+(read as each run starts). Turned on again (``autolog()`` after ``autolog(disable=True)``),
+it samples the runs started from then on: runs that were open when it stopped get no more
+samples. Likewise a new ``interval`` applies from the next run's start.
 
 Distributed training, one sampler per node: only the process of local rank 0
 (``LOCAL_RANK``, which torchrun, Lightning, accelerate and DeepSpeed set, else
@@ -47,6 +52,10 @@ it (:func:`attach`). The run is read, not resumed: this process never sets its s
 never ends it, at exit neither (an ``attached`` :class:`~autolog.run.Run`, which
 :func:`autolog.lifecycle.shutdown` leaves alone); its points are written, or spooled at
 exit, as any run's. Ending it is rank 0's, or the launcher's.
+
+A node leader samples the GPUs its own ``CUDA_VISIBLE_DEVICES`` shows, not the node's: where
+each task is bound to one GPU (SLURM ``--gpus-per-task=1``, a Kubernetes pod per GPU), the
+node's other GPUs are not recorded.
 
 The thread never raises into the user; it stops before the writer closes at exit
 (:func:`autolog.lifecycle.shutdown`), and a forked child starts with none (its parent's
@@ -235,8 +244,9 @@ def _text(value: str | bytes) -> str:
 
 
 def _open_gpus() -> tuple[Any, list[Any]]:
-    """NVML and the handles of the GPUs this process sees (see :func:`visible_devices`);
-    (None, []) without NVML."""
+    """NVML and the handles of the GPUs this process sees (see :func:`visible_devices`),
+    in its ``cuda:<i>`` order, None for a GPU NVML gives no handle for (skipped, the
+    others keep their numbers); (None, []) without NVML."""
     try:
         import pynvml
 
@@ -244,18 +254,34 @@ def _open_gpus() -> tuple[Any, list[Any]]:
     except Exception:  # noqa: BLE001 - no package, no driver: the CPU machine's normal case
         return None, []
     try:
-        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        handles = [_gpu_handle(pynvml, i) for i in range(pynvml.nvmlDeviceGetCount())]
         spec = os.environ.get("CUDA_VISIBLE_DEVICES")
         if spec is None:
             return pynvml, handles
-        uuids = [_text(pynvml.nvmlDeviceGetUUID(handle)) for handle in handles]
-        migs = _mig_handles(pynvml, handles) if "MIG-" in spec else []
+        uuids = [_gpu_uuid(pynvml, handle) for handle in handles]
+        migs = _mig_handles(pynvml, [handle for handle in handles if handle is not None]) \
+            if "MIG-" in spec else []
         candidates = handles + migs
         others = [_text(pynvml.nvmlDeviceGetUUID(handle)) for handle in migs]
         return pynvml, [candidates[i] for i in visible_devices(spec, uuids, others)]
     except Exception:  # noqa: BLE001 - NVML answers but not about its GPUs: none then
         pynvml.nvmlShutdown()
         return None, []
+
+
+def _gpu_handle(pynvml: Any, index: int) -> Any:
+    try:
+        return pynvml.nvmlDeviceGetHandleByIndex(index)
+    except pynvml.NVMLError:  # that GPU alone (lost, or not this process's to read)
+        return None
+
+
+def _gpu_uuid(pynvml: Any, handle: Any) -> str:
+    """The GPU's UUID; "" (which no ``CUDA_VISIBLE_DEVICES`` UUID names) when unknown."""
+    try:
+        return "" if handle is None else _text(pynvml.nvmlDeviceGetUUID(handle))
+    except pynvml.NVMLError:
+        return ""
 
 
 def _mig_handles(pynvml: Any, gpus: list[Any]) -> list[Any]:
@@ -319,7 +345,8 @@ class Collector:
             values["disk_read_megabytes"] = round((io.read_bytes - self._disk0[0]) / _MB, 1)
             values["disk_write_megabytes"] = round((io.write_bytes - self._disk0[1]) / _MB, 1)
         for index, handle in enumerate(self._gpus):
-            self._sample_gpu(f"gpu_{index}_", handle, values)
+            if handle is not None:
+                self._sample_gpu(f"gpu_{index}_", handle, values)
         return values
 
     def _sample_gpu(self, name: str, handle: Any, values: dict[str, float]) -> None:
@@ -347,15 +374,20 @@ class Collector:
 @dataclass
 class _Series:
     """A run's place in the sampler: its next step, or (resumed, attached) None until the
-    thread has looked up the largest step of ``keys``, the run's metrics of this series."""
+    thread has looked up the largest step of ``key``, a metric of this series in the run."""
 
     next_step: int | None
-    keys: tuple[str, ...] = ()
+    key: str | None = None
 
 
-def _own_keys(keys: Sequence[str], prefix: str) -> tuple[str, ...]:
-    """The keys of this node's series (``system/cpu_…``, not ``system/node_1/cpu_…``)."""
-    return tuple(key for key in keys if key.startswith(prefix) and "/" not in key[len(prefix):])
+def _series(existing_keys: Sequence[str], prefix: str) -> _Series:
+    """Where a run's series starts: at 0, or after the steps of one of its keys already in
+    the run (all keys of a sample share its step): the CPU's, else any of this node's
+    (``system/cpu_…``, not ``system/node_1/cpu_…``)."""
+    own = [key for key in existing_keys if key.startswith(prefix) and "/" not in key[len(prefix):]]
+    cpu = f"{prefix}cpu_utilization_percentage"
+    key = cpu if cpu in own else min(own, default=None)
+    return _Series(0 if key is None else None, key)
 
 
 class Sampler:
@@ -372,28 +404,42 @@ class Sampler:
 
     def watch(self, run: Run, plan: Plan, existing_keys: Sequence[str] = ()) -> None:
         """Log samples into ``run`` from now on; ``existing_keys``: a resumed run's metrics."""
-        keys = _own_keys(existing_keys, plan.prefix)
+        series = _series(existing_keys, plan.prefix)
         with self._lock:
-            if not self._closed:
-                self._runs[run] = _Series(None if keys else 0, keys)
-                self._start(plan)
+            if self._closed:
+                return
+            self._drop_ended()  # not kept alive until the thread's next wake
+            self._runs[run] = series
+            thread = self._new_thread(plan)
+        if thread is not None:
+            thread.start()
 
     def attach(self, store: Store, run_id: str, plan: Plan) -> None:
         """Log samples into ``run_id`` of ``store`` without owning it (see the module doc);
         the thread reads the run. Once per run id."""
         with self._lock:
             known = {run.id for run in self._runs} | {pending for _, pending in self._to_attach}
-            if not self._closed and run_id not in known:
-                self._to_attach.append((store, run_id))
-                self._start(plan)
+            if self._closed or run_id in known:
+                return
+            self._to_attach.append((store, run_id))
+            thread = self._new_thread(plan)
+        if thread is not None:
+            thread.start()
 
-    def _start(self, plan: Plan) -> None:
+    def _new_thread(self, plan: Plan) -> threading.Thread | None:
+        """Under the lock: the thread for the caller to start once it has released the
+        lock (``stop``, which SIGTERM's shutdown calls, must never wait for ``start``),
+        or None when there is one already."""
         self._plan = plan
-        if self._thread is None:
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._loop, args=(self._stop,),
-                                            name="autolog-system-metrics", daemon=True)
-            self._thread.start()
+        if self._thread is not None:
+            return None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(self._stop,),
+                                        name="autolog-system-metrics", daemon=True)
+        return self._thread
+
+    def _drop_ended(self) -> None:
+        self._runs = {run: series for run, series in self._runs.items() if run.final_status is None}
 
     def stop(self, final: bool = False) -> None:
         """Stop sampling now and wait for a sample in progress; ``final`` (at exit): for
@@ -405,7 +451,8 @@ class Sampler:
             self._runs.clear()
             self._to_attach.clear()
         stop.set()
-        if thread is not None and thread is not threading.current_thread():
+        # Not alive: not started yet (it will see ``stop`` and sample nothing), or done.
+        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
             thread.join(_JOIN_TIMEOUT_S)
 
     def after_fork_in_child(self) -> None:
@@ -452,7 +499,7 @@ class Sampler:
         with self._lock:
             if stop.is_set():
                 return None
-            self._runs = {run: series for run, series in self._runs.items() if run.final_status is None}
+            self._drop_ended()
             if not self._runs:
                 self._thread = None  # a run started from now on starts a new thread
                 return None
@@ -466,30 +513,31 @@ class Sampler:
                              f"{type(exc).__name__}: {exc}")
             return
         run = Run(store, record.info, settings.on_conflict, attached=True)
-        keys = _own_keys(list(record.metrics), self._plan.prefix)
+        series = _series(list(record.metrics), self._plan.prefix)
         with self._lock:
             if not stop.is_set():
-                self._runs[run] = _Series(None if keys else 0, keys)
+                self._runs[run] = series
 
     def _publish(self, run: Run, series: _Series, values: dict[str, float], timestamp: int) -> None:
-        """One sample into one run, at its next step; dropped if the run ended meanwhile."""
+        """One sample into one run, at its next step, whole; dropped if the run ended
+        meanwhile (see :meth:`~autolog.run.Run.log_sample`)."""
         if series.next_step is None:
-            series.next_step = self._step_after(run, series.keys)
+            series.next_step = self._step_after(run, series.key)
         prefix, step = self._plan.prefix, series.next_step
         try:
-            for key, value in values.items():
-                run.log_metric(prefix + key, value, step, timestamp)
+            run.log_sample({prefix + key: value for key, value in values.items()}, step, timestamp)
         except RuntimeError:  # the run ended since _runs_now (its queues refuse points)
             return
         series.next_step = step + 1
 
     @staticmethod
-    def _step_after(run: Run, keys: tuple[str, ...]) -> int:
-        """After the largest step of ``keys`` in the store, as MLflow's ``resume_logging``
-        (0 when the store cannot say, as MLflow)."""
+    def _step_after(run: Run, key: str | None) -> int:
+        """After the largest step of ``key`` in the store, as MLflow's ``resume_logging``
+        (0 when the store cannot say, as MLflow). A history is read: the store's latest
+        metrics (:class:`~autolog.stores.base.RunRecord`) hold no steps."""
         try:
-            return 1 + max((history[-1].step for key in keys
-                            if (history := run.store.get_metric_history(run.id, key))), default=-1)
+            history = run.store.get_metric_history(run.id, key) if key is not None else []
+            return 1 + max((point.step for point in history), default=-1)
         except Exception:  # noqa: BLE001 - MLflow starts at 0 then too
             return 0
 

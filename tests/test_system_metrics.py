@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -193,6 +194,88 @@ def test_an_ended_run_gets_no_more_samples(store_uri, sampling):
     assert series.next_step == len(logged)
 
 
+def test_a_sample_goes_into_a_run_whole_or_not_at_all(store_uri):
+    run = autolog.start_run()
+
+    class EndingSample(dict):
+        """The run ends while the sample is being put into it."""
+
+        def items(self):
+            yield "cpu_utilization_percentage", 1.0
+            run.end()
+            yield "disk_usage_percentage", 2.0
+
+    series = system_metrics._Series(next_step=0)
+    system_metrics._sampler._publish(run, series, EndingSample(), 1000)
+    assert series.next_step == 0
+    assert autolog.flush()
+    finished = client().get_run(run.id)
+    assert finished.info.status == "FINISHED" and finished.data.metrics == {}
+    # The queue an ended run has refuses a sample (its extend is deque's), queuing nothing.
+    with pytest.raises(RuntimeError, match="has ended"):
+        run.log_sample({CPU_KEY: 1.0}, 0, 1000)
+    assert len(run.metric_queue) == 0
+
+
+def test_a_sample_is_checked_before_any_point_is_queued(store_uri):
+    with autolog.start_run() as run:
+        with pytest.raises(TypeError, match="int or float values"):
+            run.log_sample({CPU_KEY: 1.0, "system/disk_usage_percentage": True}, 0, 1000)
+        with pytest.raises(ValueError, match="step"):
+            run.log_sample({CPU_KEY: 1.0}, 2**63, 1000)
+        assert len(run.metric_queue) == 0
+        run.log_sample({CPU_KEY: 1.0, "system/disk_usage_percentage": 2.0}, 3, 1000)
+    assert autolog.flush()
+    assert [(p.key, p.step, p.timestamp) for p in client().get_metric_history(run.id, CPU_KEY)] \
+        == [(CPU_KEY, 3, 1000)]
+
+
+def test_resuming_reads_one_key_and_its_largest_step():
+    asked = []
+
+    def history(run_id, key):
+        asked.append(key)
+        return [SimpleNamespace(step=step) for step in (5, 2, 7, 3)]  # not sorted by step
+
+    run = SimpleNamespace(id="r", store=SimpleNamespace(get_metric_history=history))
+    series = system_metrics._series(["loss", "system/node_1/cpu_utilization_percentage",
+                                     "system/disk_usage_percentage", CPU_KEY], "system/")
+    assert series == system_metrics._Series(None, CPU_KEY)
+    assert system_metrics.Sampler._step_after(run, series.key) == 8
+    assert asked == [CPU_KEY]
+    assert system_metrics._series(["loss"], "system/") == system_metrics._Series(0, None)
+
+
+def test_ended_runs_are_let_go_at_the_next_watch(store_uri):
+    sampler, plan = system_metrics.Sampler(), system_metrics.Plan("system/", 60.0)
+    first = autolog.start_run()
+    sampler.watch(first, plan)
+    first.end()
+    with autolog.start_run() as second:
+        sampler.watch(second, plan)
+        assert list(sampler._runs) == [second]
+    sampler.stop()
+
+
+def test_the_thread_starts_outside_the_lock(store_uri, monkeypatch):
+    """SIGTERM's shutdown calls stop(), which takes the lock: it must not be held while a
+    thread starts (the window where the signal could arrive)."""
+    sampler, plan = system_metrics.Sampler(), system_metrics.Plan("system/", 60.0)
+    start, held = threading.Thread.start, []
+
+    def checked_start(thread):
+        if thread.name == "autolog-system-metrics":
+            held.append(sampler._lock.locked())
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", checked_start)
+    with autolog.start_run() as run:
+        sampler.watch(run, plan)
+        sampler.watch(run, plan)  # a thread already: none started
+        sampler.stop()
+    assert held == [False]
+
+
 FORK_SCRIPT = textwrap.dedent("""
     import multiprocessing, time
     import autolog
@@ -252,6 +335,49 @@ class FakeNvml:
     @staticmethod
     def nvmlDeviceGetEnforcedPowerLimit(handle):  # noqa: N802
         return 700_000
+
+
+class FakeNvmlGpus(FakeNvml):
+    """Three GPUs, the second of which NVML gives no handle for."""
+
+    @staticmethod
+    def nvmlInit():  # noqa: N802
+        pass
+
+    @staticmethod
+    def nvmlShutdown():  # noqa: N802
+        pass
+
+    @staticmethod
+    def nvmlDeviceGetCount():  # noqa: N802
+        return 3
+
+    @classmethod
+    def nvmlDeviceGetHandleByIndex(cls, index):  # noqa: N802
+        if index == 1:
+            raise cls.NVMLError("GPU is lost")
+        return index
+
+    @staticmethod
+    def nvmlDeviceGetUUID(handle):  # noqa: N802
+        return f"GPU-{handle}".encode()
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    (None, {"gpu_0_", "gpu_2_"}),  # each GPU keeps its number
+    ("2,1,0", {"gpu_0_", "gpu_2_"}),  # cuda:1 is the lost one
+    ("GPU-2,GPU-0", {"gpu_0_", "gpu_1_"}),
+])
+def test_a_gpu_without_a_handle_skips_that_gpu_alone(monkeypatch, spec, expected):
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvmlGpus)
+    if spec is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", spec)
+    collector = Collector()
+    gpus = {key[:6] for key in collector.sample() if key.startswith("gpu_")}
+    collector.close()
+    assert gpus == expected
 
 
 def test_gpu_metrics_skip_a_failed_nvml_call():
