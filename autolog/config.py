@@ -20,6 +20,12 @@ def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def disabled_names() -> list[str]:
+    """The names in ``AUTOLOG_DISABLE`` (comma separated): integrations, ``system`` (the
+    system metrics), or ``all``."""
+    return [name.strip() for name in os.environ.get("AUTOLOG_DISABLE", "").split(",") if name.strip()]
+
+
 def env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or not raw.strip():

@@ -32,7 +32,6 @@ import contextlib
 import dis
 import importlib.metadata
 import inspect
-import os
 import sys
 import threading
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from autolog import lifecycle
-from autolog.config import warn
+from autolog.config import disabled_names, warn
 from autolog.models.options import MODEL_OPTIONS, check_model_options
 from autolog.patching import Patcher, guard
 from autolog.run import Run
@@ -294,7 +293,7 @@ def _env_disabled(integrations: dict[str, Integration]) -> list[str]:
     """Names in ``AUTOLOG_DISABLE`` (comma separated; ``all``: every integration); an
     unknown name is one warning (``system`` is known: :mod:`autolog.system_metrics` reads
     it, and ``all`` too)."""
-    names = [n.strip() for n in os.environ.get("AUTOLOG_DISABLE", "").split(",") if n.strip()]
+    names = disabled_names()
     if "all" in names:
         return list(integrations)
     unknown = [n for n in names if n not in integrations and n != SYSTEM_METRICS]  # its own

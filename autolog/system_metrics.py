@@ -72,7 +72,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from autolog.config import launcher_run_id, settings, warn_from_thread
+from autolog.config import disabled_names, env_float, launcher_run_id, settings, warn_from_thread
 from autolog.run import Run
 from autolog.stores.base import Store
 from autolog.validation import check_metric_key
@@ -139,30 +139,26 @@ def plan() -> Plan | None:
     (opted out, or not local rank 0). Called before the run is created: a bad
     ``MLFLOW_SYSTEM_METRICS_*`` value raises :class:`ValueError` at the run's start line,
     and no run is left behind."""
-    if _options is None or not _sampling_here(os.environ):
+    if _options is None or not _sampling_here():
         return None
     if "interval" in _options:
         interval = float(_options["interval"])
     else:
-        raw = os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "").strip()
-        try:
-            interval = float(raw) if raw else DEFAULT_INTERVAL_S
-        except ValueError:
-            raise ValueError("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL must be a positive number "
-                             f"of seconds, got {raw!r}") from None
-        _check_interval(interval, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL")
+        interval = _check_interval(
+            env_float("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", DEFAULT_INTERVAL_S),
+            "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL")
     prefix = metrics_prefix(os.environ)
     check_metric_key(f"{prefix}cpu_utilization_percentage")  # MLFLOW_SYSTEM_METRICS_NODE_ID
     return Plan(prefix, interval)
 
 
-def _sampling_here(environ: Mapping[str, str]) -> bool:
-    disabled = {name.strip() for name in environ.get("AUTOLOG_DISABLE", "").split(",")}
+def _sampling_here() -> bool:
+    """Not opted out (``AUTOLOG_DISABLE``, MLflow's switch) and local rank 0."""
+    disabled = disabled_names()
     if DISABLE_NAME in disabled or "all" in disabled:
         return False
-    if environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower() in ("false", "0", "no", "off"):
-        return False
-    return _local_rank(environ) == 0
+    switch = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower()
+    return switch not in ("false", "0", "no", "off") and _local_rank(os.environ) == 0
 
 
 def _env_int(environ: Mapping[str, str], *names: str) -> int | None:
@@ -202,7 +198,7 @@ def launcher_run_to_attach() -> str | None:
     global rank 0 (``RANK``, else ``SLURM_PROCID``): its sampler logs into that run (see
     :func:`attach`); None otherwise."""
     run_id = launcher_run_id()
-    if run_id is None or _options is None or not _sampling_here(os.environ):
+    if run_id is None or _options is None or not _sampling_here():
         return None
     rank = _env_int(os.environ, "RANK", "SLURM_PROCID")
     return run_id if rank is not None and rank > 0 else None
